@@ -1,0 +1,1 @@
+"""vpcni: a node agent that gives Kubernetes pods real VPC IP addresses."""

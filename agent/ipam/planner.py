@@ -1,0 +1,466 @@
+"""The warm-pool planner: why vpcni attaches or releases a prefix, an IP or an ENI now.
+
+`plan()` reads the node's state, the pool settings, the instance limits, max pods, the prefix
+back-off and `now`, and returns one `Decision`: at most one action plus the reason for it (or
+for doing nothing). The async shell executes the action through the EC2 port, records the
+result in `NodeState`, and asks again. The rules are the VPC CNI's (ipamd's
+isDatastorePoolTooLow / datastoreTargetState / shouldRemoveExtraENIs / RemoveUnusedENIFromStore),
+plus per-subnet prefix back-off and fallback to secondary IPs.
+
+Order of a round: (1) give back idle blocks of the other kind after a mode switch, (2) grow a
+low pool (fill existing ENIs first, then a new ENI), (3) shrink an over-full pool (blocks, then
+at most one ENI).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from agent.ipam.backoff import PrefixBackoff
+from agent.ipam.blocks import PREFIX_SIZE
+from agent.ipam.instances import InstanceType
+from agent.ipam.state import Eni, NodeState, PoolStats
+
+# The VPC CNI's minimum ENI lifetime before it may be freed (avoids attach/detach churn).
+MIN_ENI_LIFETIME = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolSettings:
+    """The warm-pool knobs, with the VPC CNI's names (in env) and defaults."""
+
+    prefix_delegation: bool = False  # ENABLE_PREFIX_DELEGATION
+    warm_eni_target: int = 1  # WARM_ENI_TARGET
+    warm_ip_target: int | None = None  # WARM_IP_TARGET
+    minimum_ip_target: int | None = None  # MINIMUM_IP_TARGET
+    warm_prefix_target: int = 0  # WARM_PREFIX_TARGET
+    max_eni: int = -1  # MAX_ENI (-1: the instance's limit)
+    ip_cooldown_period: float = 30.0  # IP_COOLDOWN_PERIOD
+    custom_networking: bool = False  # AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG
+    prefix_fallback: bool = True  # VPCNI_PREFIX_FALLBACK
+
+    @property
+    def warm_ip_targets_defined(self) -> bool:
+        """WARM_IP_TARGET / MINIMUM_IP_TARGET override the ENI and prefix targets."""
+        return bool(self.warm_ip_target) or bool(self.minimum_ip_target)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssignPrefixes:
+    eni_id: str
+    subnet_id: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssignIps:
+    eni_id: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateEni:
+    """Create and attach an ENI (in the new-ENI subnet) with these initial addresses."""
+
+    subnet_id: str
+    prefixes: int = 0
+    ips: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseBlocks:
+    eni_id: str
+    cidrs: tuple[IPv4Network, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteEni:
+    eni_id: str
+
+
+Action = AssignPrefixes | AssignIps | CreateEni | ReleaseBlocks | DeleteEni
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """One planner round: the action (or None) and why."""
+
+    action: Action | None
+    reason: str
+    stats: PoolStats
+    short: int = 0  # addresses (or prefixes in prefix mode) below target
+    over: int = 0  # addresses (or prefixes) above target
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """What bounds the pool on this node."""
+
+    instance: InstanceType
+    max_pods: int
+    new_eni_subnet: str  # where CreateEni goes (primary subnet, or the ENIConfig's)
+
+
+def prefix_mode(settings: PoolSettings, instance: InstanceType) -> bool:
+    """Prefix delegation is in force (asked for and the instance can do it)."""
+    return settings.prefix_delegation and instance.supports_prefixes
+
+
+def max_enis(settings: PoolSettings, instance: InstanceType) -> int:
+    if settings.max_eni > 0:
+        return min(settings.max_eni, instance.max_enis)
+    return instance.max_enis
+
+
+def plan(
+    state: NodeState,
+    settings: PoolSettings,
+    limits: Limits,
+    *,
+    backoff: PrefixBackoff,
+    now: float,
+) -> Decision:
+    """Decide the next pool action. Pure: reads its arguments, changes nothing."""
+    return _Round(state, settings, limits, backoff, now).decide()
+
+
+class _Round:
+    """One planning round; holds the inputs so the rules below read like the VPC CNI's."""
+
+    def __init__(
+        self,
+        state: NodeState,
+        settings: PoolSettings,
+        limits: Limits,
+        backoff: PrefixBackoff,
+        now: float,
+    ) -> None:
+        self.state = state
+        self.settings = settings
+        self.limits = limits
+        self.backoff = backoff
+        self.now = now
+        self.prefixes = prefix_mode(settings, limits.instance)
+        self.slots = limits.instance.slots_per_eni
+        self.stats = state.stats(now)
+
+    # -- the round --------------------------------------------------------------------------
+
+    def decide(self) -> Decision:
+        switched = self._mode_switch()
+        if switched is not None:
+            return switched
+        if self.settings.warm_ip_targets_defined:
+            return self._warm_ip_round()
+        if self.prefixes:
+            return self._warm_prefix_round()
+        return self._warm_eni_round()
+
+    def _decision(
+        self, action: Action | None, reason: str, *, short: int = 0, over: int = 0
+    ) -> Decision:
+        return Decision(action=action, reason=reason, stats=self.stats, short=short, over=over)
+
+    def _mode_switch(self) -> Decision | None:
+        """Idle blocks of the kind not in use go back (and any block on the primary ENI under
+        custom networking). /32s taken as prefix fallback stay while their subnet is failing."""
+        for eni in self.state.enis.values():
+            unusable = self.settings.custom_networking and eni.primary
+            stale = tuple(
+                cidr
+                for cidr, block in eni.blocks.items()
+                if block.is_idle(self.now)
+                and (
+                    unusable
+                    or (block.is_prefix and not self.prefixes)
+                    or (
+                        not block.is_prefix
+                        and self.prefixes
+                        and not self.backoff.failing(eni.subnet_id)
+                    )
+                )
+            )
+            if stale:
+                kind = "prefix" if self.prefixes else "secondary"
+                why = (
+                    "custom networking keeps pods off the primary ENI"
+                    if unusable
+                    else f"{kind} mode: idle blocks of the other kind go back"
+                )
+                return self._decision(ReleaseBlocks(eni_id=eni.id, cidrs=stale), why)
+        return None
+
+    # -- WARM_IP_TARGET / MINIMUM_IP_TARGET ---------------------------------------------------
+
+    def _warm_ip_round(self) -> Decision:
+        warm = self.settings.warm_ip_target or 0
+        minimum = self.settings.minimum_ip_target or 0
+        s = self.stats
+        short = max(warm - s.available, 0)
+        short = max(short, minimum - s.total)
+        over = max(s.available - warm, 0)
+        over = max(min(over, s.total - minimum), 0)
+        targets = f"WARM_IP_TARGET={warm} MINIMUM_IP_TARGET={minimum}"
+        counts = f"total {s.total}, assigned {s.assigned}, available {s.available}"
+        if self.prefixes:
+            short_prefixes = math.ceil(short / PREFIX_SIZE)
+            for_warm = math.ceil((s.assigned + warm) / PREFIX_SIZE)
+            for_min = math.ceil(minimum / PREFIX_SIZE)
+            over_prefixes = max(min(s.free_prefixes, s.prefixes - for_warm), 0)
+            over_prefixes = max(min(over_prefixes, s.prefixes - for_min), 0)
+            if short > 0:
+                return self._grow(
+                    prefixes=max(1, short_prefixes),
+                    ips=short,
+                    why=f"short {short} IPs ({counts}; {targets})",
+                    short=short_prefixes,
+                    over=over_prefixes,
+                )
+            if over_prefixes > 0:
+                return self._release_prefixes(
+                    over_prefixes,
+                    why=f"{over_prefixes} prefixes over target ({counts}; {targets})",
+                    short=short_prefixes,
+                    over=over_prefixes,
+                )
+            return self._free_eni(
+                lambda eni: self._warm_ip_met_without(eni, warm, minimum),
+                targets_met=f"targets met ({counts}; {targets})",
+                short=short_prefixes,
+                over=over_prefixes,
+            )
+        if short > 0:
+            return self._grow(
+                prefixes=0,
+                ips=short,
+                why=f"short {short} IPs ({counts}; {targets})",
+                short=short,
+                over=over,
+            )
+        if over > 0:
+            released = self._release_ips(over)
+            if released is not None:
+                return self._decision(
+                    released,
+                    f"{over} IPs over target ({counts}; {targets})",
+                    short=short,
+                    over=over,
+                )
+        return self._free_eni(
+            lambda eni: self._warm_ip_met_without(eni, warm, minimum),
+            targets_met=f"targets met ({counts}; {targets})",
+            short=short,
+            over=over,
+        )
+
+    def _warm_ip_met_without(self, eni: Eni, warm: int, minimum: int) -> bool:
+        capacity = eni.capacity()
+        other_available = self.stats.available - capacity
+        other_total = self.stats.total - capacity
+        return other_available >= warm and other_total >= minimum
+
+    # -- WARM_PREFIX_TARGET ---------------------------------------------------------------------
+
+    def _warm_prefix_round(self) -> Decision:
+        target = self.settings.warm_prefix_target
+        s = self.stats
+        wanted = PREFIX_SIZE * target
+        counts = f"available {s.available}, free prefixes {s.free_prefixes}"
+        if s.available < wanted or (target == 0 and s.available == 0):
+            add = max(1, target - s.free_prefixes)
+            return self._grow(
+                prefixes=add,
+                ips=max(1, wanted - s.available),
+                why=f"pool low: {counts} < 16 x WARM_PREFIX_TARGET={target}",
+                short=add,
+            )
+        over = s.free_prefixes - target
+        if over > 0:
+            decision = self._release_prefixes(
+                over,
+                why=f"{over} free prefixes above WARM_PREFIX_TARGET={target} ({counts})",
+                over=over,
+                keep_available=max(wanted, 1),
+            )
+            if decision.action is not None:
+                return decision
+        return self._free_eni(
+            lambda eni: s.available - eni.capacity() >= max(wanted, 1),
+            targets_met=f"WARM_PREFIX_TARGET={target} met ({counts})",
+            extra_needed=(target + 1) * PREFIX_SIZE,
+            over=max(over, 0),
+        )
+
+    # -- WARM_ENI_TARGET (secondary IPs) -------------------------------------------------------
+
+    def _warm_eni_round(self) -> Decision:
+        target = self.settings.warm_eni_target
+        s = self.stats
+        wanted = self.slots * target
+        counts = f"available {s.available}, {self.slots} IPs per ENI"
+        if s.available < wanted:
+            return self._grow(
+                prefixes=0,
+                ips=self.slots,
+                why=f"pool low: {counts}; < {self.slots} x WARM_ENI_TARGET={target}",
+                short=wanted - s.available,
+            )
+        return self._free_eni(
+            lambda eni: s.available - eni.capacity() >= wanted,
+            targets_met=f"WARM_ENI_TARGET={target} met ({counts})",
+            extra_needed=(target + 1) * self.slots,
+            over=s.available - wanted,
+        )
+
+    # -- growing ---------------------------------------------------------------------------
+
+    def _grow(
+        self, *, prefixes: int, ips: int, why: str, short: int = 0, over: int = 0
+    ) -> Decision:
+        """Add `prefixes` (prefix mode) or `ips` (secondary mode, or prefix fallback)."""
+        room_left = self.limits.max_pods - self.stats.total
+        if room_left <= 0:
+            return self._decision(
+                None,
+                f"{why}; but max pods {self.limits.max_pods} reached",
+                short=short,
+                over=over,
+            )
+        use_prefixes = self.prefixes
+        fallback_note = ""
+        eni = self._eni_with_room()
+        subnet = eni.subnet_id if eni is not None else self.limits.new_eni_subnet
+        if use_prefixes:
+            waiting = self.backoff.waiting(subnet, self.now)
+            if waiting is not None:
+                wait = f"prefixes on {subnet} back off until +{waiting.until - self.now:.1f}s"
+                if not self.settings.prefix_fallback:
+                    return self._decision(None, f"{why}; {wait}", short=short, over=over)
+                use_prefixes = False
+                fallback_note = f"; fallback to secondary IPs: {wait}"
+        if use_prefixes:
+            count = min(prefixes, math.ceil(room_left / PREFIX_SIZE))
+        else:
+            count = min(ips, room_left)
+        if eni is not None:
+            room = self.slots - len(eni.blocks)
+            count = min(count, room)
+            action: Action = (
+                AssignPrefixes(eni_id=eni.id, subnet_id=eni.subnet_id, count=count)
+                if use_prefixes
+                else AssignIps(eni_id=eni.id, count=count)
+            )
+            kind = "prefixes" if use_prefixes else "IPs"
+            return self._decision(
+                action,
+                f"{why}{fallback_note}; {count} {kind} on {eni.id} (room for {room})",
+                short=short,
+                over=over,
+            )
+        limit = max_enis(self.settings, self.limits.instance)
+        if len(self.state.enis) >= limit:
+            return self._decision(
+                None,
+                f"{why}; but every ENI is full and {len(self.state.enis)} of {limit} are attached",
+                short=short,
+                over=over,
+            )
+        count = min(count, self.slots)
+        action = CreateEni(
+            subnet_id=self.limits.new_eni_subnet,
+            prefixes=count if use_prefixes else 0,
+            ips=0 if use_prefixes else count,
+        )
+        return self._decision(
+            action,
+            f"{why}{fallback_note}; every ENI is full, attaching ENI "
+            f"{len(self.state.enis) + 1} of {limit}",
+            short=short,
+            over=over,
+        )
+
+    def _eni_with_room(self) -> Eni | None:
+        """Lowest device number first: fill existing ENIs before attaching another."""
+        for eni in sorted(self.state.pod_enis(), key=lambda e: e.device_number):
+            if len(eni.blocks) < self.slots:
+                return eni
+        return None
+
+    # -- shrinking -------------------------------------------------------------------------
+
+    def _release_prefixes(
+        self,
+        count: int,
+        *,
+        why: str,
+        short: int = 0,
+        over: int = 0,
+        keep_available: int = 0,
+    ) -> Decision:
+        """Give back up to `count` idle prefixes of one ENI (the emptiest, so it can go later),
+        never below `keep_available` available addresses."""
+        budget = min(count, (self.stats.available - keep_available) // PREFIX_SIZE)
+        if budget <= 0:
+            return self._decision(None, f"{why}; kept to stay above target", over=over)
+        for eni in self._emptiest_first():
+            idle = [
+                cidr
+                for cidr, b in sorted(eni.blocks.items(), key=lambda kv: kv[1].base, reverse=True)
+                if b.is_prefix and b.is_idle(self.now)
+            ]
+            if idle:
+                cidrs = tuple(idle[:budget])
+                return self._decision(
+                    ReleaseBlocks(eni_id=eni.id, cidrs=cidrs),
+                    f"{why}; releasing {len(cidrs)} from {eni.id}",
+                    short=short,
+                    over=over,
+                )
+        return self._decision(
+            None, f"{why}; but the free prefixes still have cooling addresses", over=over
+        )
+
+    def _release_ips(self, count: int) -> ReleaseBlocks | None:
+        """Up to `count` idle /32 blocks of one ENI (WARM_IP_TARGET only; never singly else)."""
+        for eni in self._emptiest_first():
+            idle = tuple(
+                cidr for cidr, b in eni.blocks.items() if not b.is_prefix and b.is_idle(self.now)
+            )
+            if idle:
+                return ReleaseBlocks(eni_id=eni.id, cidrs=idle[:count])
+        return None
+
+    def _emptiest_first(self) -> list[Eni]:
+        return sorted(
+            self.state.pod_enis(),
+            key=lambda e: (e.primary, e.assigned_count(), -e.device_number),
+        )
+
+    def _free_eni(
+        self,
+        met_without: Callable[[Eni], bool],
+        *,
+        targets_met: str,
+        extra_needed: int = 0,
+        short: int = 0,
+        over: int = 0,
+    ) -> Decision:
+        """At most one ENI per round: not primary, older than a minute, nothing leased or
+        cooling, and the targets still met without it."""
+        if extra_needed and self.stats.available < extra_needed:
+            return self._decision(None, targets_met, short=short, over=over)
+        for eni in sorted(self.state.enis.values(), key=lambda e: -e.device_number):
+            if eni.primary or self.now - eni.created_at < MIN_ENI_LIFETIME:
+                continue
+            if not eni.is_idle(self.now) or not met_without(eni):
+                continue
+            return self._decision(
+                DeleteEni(eni_id=eni.id),
+                f"{targets_met}; {eni.id} is idle and not needed for the targets",
+                short=short,
+                over=over,
+            )
+        return self._decision(None, targets_met, short=short, over=over)
