@@ -1,0 +1,1 @@
+"""The `vpcni` CNI plugin (shim) and its installer; imports nothing, so the shim starts fast."""
