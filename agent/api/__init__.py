@@ -1,0 +1,1 @@
+"""aiohttp apps: the CNI API (Unix socket), introspection, and Prometheus metrics."""

@@ -1,0 +1,170 @@
+"""vpcni-agent: settings → IMDS → EC2 describe → checkpoint → reconcile → pool manager → serve.
+
+Ready (GET /readyz) only once all of that is done. SIGTERM/SIGINT: stop taking ADDs, finish
+what is in flight, write the checkpoint, leave pod networking in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import boto3
+import uvloop
+
+from agent import logs
+from agent.api.server import serve
+from agent.cloud.aws import Ec2Adapter
+from agent.cloud.eniconfig import load_eni_config
+from agent.cloud.imds import ImdsClient, ImdsError
+from agent.cloud.port import Ec2Error, NodeIdentity
+from agent.ipam import instances
+from agent.node import Node
+from agent.settings import Settings, SettingsError, load
+from datapath.port import Datapath, NoDatapath
+
+log = logging.getLogger("vpcni.agent")
+
+
+class StartupError(Exception):
+    """The agent cannot start; the message says why."""
+
+
+async def run(settings: Settings) -> None:
+    """Run the agent until SIGTERM/SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        imds_endpoint: str | None = None
+        endpoint_url: str | None = None
+        session: boto3.session.Session | None = None
+        sandbox = None
+        cloud = None
+        if settings.cloud == "sim":
+            from agent import sim
+
+            cloud = sim.start_cloud(settings)
+            stack.callback(cloud.close)
+            imds_endpoint, endpoint_url = cloud.imds_url, cloud.ec2_url
+            # The emulator checks no signature; boto3 still wants credentials to sign with.
+            session = boto3.session.Session(
+                aws_access_key_id="sim", aws_secret_access_key="sim", region_name=cloud.region
+            )
+            log.info(
+                "EC2 emulator started",
+                extra={"ec2": cloud.ec2_url, "imds": cloud.imds_url, "instance": cloud.instance_id},
+            )
+        identity = await _identity(imds_endpoint)
+        try:
+            instance = instances.lookup(identity.instance_type)
+        except instances.UnknownInstanceType as e:
+            raise StartupError(str(e)) from None
+        ec2 = Ec2Adapter(
+            region=identity.region,
+            endpoint_url=endpoint_url,
+            session=session,
+            qps=settings.ec2_qps,
+            burst=settings.ec2_burst,
+            cluster_name=settings.cluster_name,
+            extra_tags=settings.additional_eni_tags,
+        )
+        stack.push_async_callback(ec2.close)
+        if cloud is not None and settings.host_netns:
+            from agent import sim
+            from datapath.sandbox import Sandbox
+
+            sandbox = Sandbox(settings.host_netns)
+            await asyncio.to_thread(sandbox.up)
+            links = sim.SandboxLinks(cloud, sandbox)
+            await asyncio.to_thread(links.attach_existing, cloud.instance_id)
+            cloud.model.add_listener(links)
+            stack.callback(cloud.model.remove_listener, links)
+        datapath = await _datapath(settings)
+        if sandbox is not None:
+            from agent import sim
+
+            datapath = sim.SandboxedDatapath(datapath, sandbox)
+        subnet, groups = None, None
+        if settings.pool.custom_networking and settings.eni_config is not None:
+            eni_config = load_eni_config(settings.eni_config)
+            subnet, groups = eni_config.subnet, tuple(eni_config.security_groups)
+        node = Node(
+            settings=settings,
+            identity=identity,
+            instance=instance,
+            ec2=ec2,
+            datapath=datapath,
+            new_eni_subnet=subnet,
+            new_eni_security_groups=groups,
+        )
+        try:
+            await node.start()
+        except Ec2Error as e:
+            raise StartupError(f"EC2 describe failed: {e}") from e
+        stack.push_async_callback(node.stop)
+        runners = await serve(
+            node,
+            socket_path=settings.socket,
+            introspection_addr=settings.introspection,
+            metrics_addr=settings.metrics,
+        )
+        for runner in runners:
+            stack.push_async_callback(runner.cleanup)
+        log.info(
+            "ready",
+            extra={
+                "instance_id": identity.instance_id,
+                "instance_type": instance.name,
+                "socket": str(settings.socket),
+                "datapath": datapath.mode,
+                "max_pods": node.max_pods,
+                "enis": len(node.state.enis),
+                "leases": node.state.lease_count(),
+            },
+        )
+        await stop.wait()
+        log.info("stopping: no more ADDs, finishing in-flight requests")
+        node.accepting = False
+
+
+async def _identity(endpoint: str | None) -> NodeIdentity:
+    try:
+        async with ImdsClient(endpoint) as imds:
+            return await imds.node_identity()
+    except ImdsError as e:
+        raise StartupError(f"IMDS: {e}") from e
+
+
+async def _datapath(settings: Settings) -> Datapath:
+    if settings.datapath == "none":
+        return NoDatapath()
+    from datapath.factory import make_datapath
+
+    return await make_datapath(settings.datapath, host_netns=settings.host_netns, mtu=settings.mtu)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `vpcni-agent`."""
+    try:
+        settings = load(sys.argv[1:] if argv is None else argv, os.environ)
+    except SettingsError as e:
+        print(f"vpcni-agent: {e}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        uvloop.run(run(settings))
+    except StartupError as e:
+        log.error("start-up failed", extra={"error": str(e)})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
