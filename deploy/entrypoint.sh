@@ -1,0 +1,15 @@
+#!/bin/sh
+# Container entrypoint: let bcc find kernel headers, install the CNI plugin and config on the
+# node, then become the agent ("$@", vpcni-agent by default) so SIGTERM reaches it directly.
+set -eu
+# bcc compiles the tc programs against /lib/modules/$(uname -r)/build; the node's kernel is not
+# the image's, but the image's Debian headers carry the UAPI structs the programs need.
+kdir=/lib/modules/$(uname -r)
+if [ ! -e "$kdir/build" ]; then
+  hdr=$(ls -d /lib/modules/*/build 2>/dev/null | sort -V | tail -1 || true)
+  if [ -n "$hdr" ]; then
+    ln -sfn "$(dirname "$hdr")" "$kdir"
+  fi
+fi
+"$(dirname "$0")/install-cni.sh"
+exec "$@"
