@@ -301,7 +301,8 @@ class _Round:
         s = self.stats
         wanted = self.slots * target
         counts = f"available {s.available}, {self.slots} IPs per ENI"
-        if s.available < wanted:
+        # As ipamd: with WARM_ENI_TARGET=0 the pool is still low when nothing is available.
+        if s.available < wanted or (target == 0 and s.available == 0):
             return self._grow(
                 prefixes=0,
                 ips=self.slots,
