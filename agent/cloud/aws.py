@@ -235,7 +235,9 @@ class Ec2Adapter:
         self._session = session
         self._config = Config(
             region_name=region,
-            retries={"mode": retry_mode, "max_attempts": max_attempts},
+            # total_max_attempts counts the first try (botocore's max_attempts does not), as
+            # AWS_MAX_ATTEMPTS does; throttles are not counted here: see _call.
+            retries={"mode": retry_mode, "total_max_attempts": max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=executor_workers,
