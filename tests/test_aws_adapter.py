@@ -134,7 +134,7 @@ def test_rfc3339_round_trip() -> None:
 
 
 def test_extra_tags_may_not_claim_our_keys() -> None:
-    with pytest.raises(ValueError, match="k8s.amazonaws.com"):
+    with pytest.raises(ValueError, match=r"k8s\.amazonaws\.com"):
         Ec2Adapter(region="us-west-2", extra_tags={"node.k8s.amazonaws.com/instance_id": "x"})
 
 
