@@ -123,17 +123,10 @@ def load_config(stdin: bytes) -> dict[str, object]:
 
 
 def _check_plugin_keys(config: dict[str, object]) -> None:
+    # Only the keys the shim itself uses; the agent validates mtu and vethPrefix (one rule set).
     socket_path = config.get("socket", DEFAULT_SOCKET)
     if not isinstance(socket_path, str) or not socket_path.startswith("/"):
         raise CniError(INVALID_CONFIG, "socket must be an absolute path")
-    mtu = config.get("mtu")
-    # bool is an int subclass: `"mtu": true` must not pass as 1.
-    if mtu is not None and (type(mtu) is not int or not 576 <= mtu <= 65535):
-        raise CniError(INVALID_CONFIG, f"mtu must be an integer in 576..65535, not {mtu!r}")
-    prefix = config.get("vethPrefix")
-    # Host-side names are prefix + 11 hex chars and must fit IFNAMSIZ (15), as in the VPC CNI.
-    if prefix is not None and (not isinstance(prefix, str) or not 1 <= len(prefix) <= 4):
-        raise CniError(INVALID_CONFIG, f"vethPrefix must be 1 to 4 characters, not {prefix!r}")
     log_file = config.get("pluginLogFile")
     if log_file is not None and not isinstance(log_file, str):
         raise CniError(INVALID_CONFIG, "pluginLogFile must be a string")
@@ -349,7 +342,8 @@ def run(env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
         if not 200 <= status < 300:
             raise _agent_error(status, answer)
         log.log("info", "done", ms=round((time.monotonic() - started) * 1000, 1))
-        return 0, answer
+        # Only ADD has a result; the spec wants nothing on stdout for the others' success.
+        return 0, answer if command == "ADD" else b""
     except CniError as error:
         log.log("error", error.msg, code=error.code, details=error.details)
         return 1, _error_output(reply_version, error)
