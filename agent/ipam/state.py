@@ -256,6 +256,10 @@ class NodeState:
         """Re-lease an address from the checkpoint; False if its block is gone."""
         if lease.ip in self._by_ip and self._by_ip[lease.ip] != lease.key:
             raise AddressInUse(f"{lease.ip} is leased twice in the checkpoint")
+        held = self._leases.get(lease.key)
+        if held is not None and held.ip != lease.ip:
+            # Re-indexing would orphan held.ip: leased in its bitmap, unreachable by key.
+            raise AddressInUse(f"{lease.key} holds {held.ip} and {lease.ip} in the checkpoint")
         found = self.find_block(lease.ip)
         if found is None:
             return False
