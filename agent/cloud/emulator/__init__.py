@@ -23,19 +23,19 @@ from agent.cloud.emulator.model import ApiError, AttachListener, Ec2Model, Eni
 
 __all__ = [
     "ApiError",
+    "AsyncSimCloud",
     "AttachListener",
     "BucketSpec",
     "Ec2Model",
     "Eni",
     "SimCloud",
-    "ThreadedSimCloud",
     "start",
     "start_in_thread",
 ]
 
 
-class SimCloud:
-    """A running emulator on the current event loop."""
+class AsyncSimCloud:
+    """A running emulator on the current event loop (from `start()`)."""
 
     def __init__(
         self, *, runner: web.AppRunner, front: Front, ec2_url: str, instance_id: str
@@ -69,7 +69,7 @@ class SimCloud:
         """Stop serving."""
         await self._runner.cleanup()
 
-    async def __aenter__(self) -> SimCloud:
+    async def __aenter__(self) -> AsyncSimCloud:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -93,7 +93,7 @@ async def start(
     host: str = "127.0.0.1",
     port: int = 0,
     buckets: Mapping[str, BucketSpec] | None = None,
-) -> SimCloud:
+) -> AsyncSimCloud:
     """Build a model (one VPC, one subnet, one running instance of `instance_type`) and serve
     it on `host:port` (loopback only; port 0 picks a free one).
 
@@ -119,7 +119,7 @@ async def start(
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
-    return SimCloud(
+    return AsyncSimCloud(
         runner=runner,
         front=front,
         ec2_url=f"http://{bound_host}:{bound_port}",
@@ -127,11 +127,12 @@ async def start(
     )
 
 
-class ThreadedSimCloud:
-    """An emulator on its own thread and event loop; `close()` is synchronous."""
+class SimCloud:
+    """An emulator on its own thread and event loop (from `start_in_thread()`); `close()` is
+    synchronous. Same attributes as AsyncSimCloud, which it wraps as `.cloud`."""
 
     def __init__(
-        self, cloud: SimCloud, loop: asyncio.AbstractEventLoop, thread: threading.Thread
+        self, cloud: AsyncSimCloud, loop: asyncio.AbstractEventLoop, thread: threading.Thread
     ) -> None:
         self.cloud = cloud
         self.model = cloud.model
@@ -161,7 +162,7 @@ class ThreadedSimCloud:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
 
-    def __enter__(self) -> ThreadedSimCloud:
+    def __enter__(self) -> SimCloud:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -180,11 +181,11 @@ def start_in_thread(
     host: str = "127.0.0.1",
     port: int = 0,
     buckets: Mapping[str, BucketSpec] | None = None,
-) -> ThreadedSimCloud:
+) -> SimCloud:
     """`start()` on a new daemon thread running its own (stdlib) event loop; returns once the
     port is bound, re-raising any start-up error here."""
     loop = asyncio.new_event_loop()
-    started: Future[SimCloud] = Future()
+    started: Future[AsyncSimCloud] = Future()
 
     def run() -> None:
         asyncio.set_event_loop(loop)
@@ -213,4 +214,4 @@ def start_in_thread(
 
     thread = threading.Thread(target=run, name="vpcni-ec2-sim", daemon=True)
     thread.start()
-    return ThreadedSimCloud(started.result(), loop, thread)
+    return SimCloud(started.result(), loop, thread)
