@@ -15,6 +15,7 @@ import json
 import logging
 import secrets
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
@@ -659,7 +660,11 @@ class Front:
             return _error("InternalError", "An internal error has occurred", request_id, 500)
 
     async def _ec2(self, request: web.Request, request_id: str) -> web.StreamResponse:
-        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        try:
+            query = (await request.read()).decode()
+        except UnicodeDecodeError:
+            raise ApiError("MalformedQueryString", "The query string is not UTF-8") from None
+        form = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
         action = form.get("Action")
         if not action:
             raise ApiError("MissingAction", "The request must contain the parameter Action")
