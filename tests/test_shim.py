@@ -364,6 +364,7 @@ def test_unsupported_version_is_code_1(run_shim: Shim, agent: FakeAgent, version
         {"cniVersion": None},
         {"socket": "relative.sock"},
         {"socket": 7},
+        {"socket": "/run/" + "x" * 103},
         {"pluginLogFile": 3},
         {"pluginLogLevel": "chatty"},
     ],
@@ -485,8 +486,10 @@ def test_body_without_length_is_read_to_close(short_dir: Path) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Le",
         b"SSH-2.0-OpenSSH\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ],
-    ids=["truncated-body", "truncated-head", "not-http", "bad-length"],
+    ids=["truncated-body", "truncated-head", "not-http", "bad-length", "minus-length", "bad-chunk"],
 )
 def test_incomplete_or_garbled_responses_are_agent_unavailable(short_dir: Path, raw: bytes) -> None:
     path = str(short_dir / "s.sock")

@@ -127,6 +127,9 @@ def _check_plugin_keys(config: dict[str, object]) -> None:
     socket_path = config.get("socket", DEFAULT_SOCKET)
     if not isinstance(socket_path, str) or not socket_path.startswith("/"):
         raise CniError(INVALID_CONFIG, "socket must be an absolute path")
+    # sun_path holds 107 bytes; a longer path would otherwise look like an absent agent.
+    if len(socket_path.encode()) > 107:
+        raise CniError(INVALID_CONFIG, "socket path is longer than 107 bytes")
     log_file = config.get("pluginLogFile")
     if log_file is not None and not isinstance(log_file, str):
         raise CniError(INVALID_CONFIG, "pluginLogFile must be a string")
@@ -235,7 +238,10 @@ def _read_response(reader: _Reader) -> tuple[int, bytes]:
             body += reader.exactly(size)
             reader.exactly(2)  # CRLF after each chunk
     elif "content-length" in headers:
-        body = reader.exactly(int(headers["content-length"]))
+        length = int(headers["content-length"])
+        if length < 0:
+            raise ValueError(f"negative Content-Length {length}")
+        body = reader.exactly(length)
     else:
         body = reader.rest()
     return int(parts[1]), body
