@@ -6,6 +6,7 @@ Every subprocess test runs twice: the standalone file that `agent.cni.install` g
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -444,6 +445,30 @@ def test_standalone_shim_runs_isolated_without_the_project(standalone: Path) -> 
     imported = {line.split("|")[-1].strip() for line in done.stderr.decode().splitlines()}
     assert "json" in imported
     assert not {m for m in imported if m.startswith(("agent", "http", "site", "typing"))}
+
+
+def test_shim_source_parses_as_python_3_8() -> None:
+    # The plugin runs on the node's python3 (Amazon Linux 2023 ships 3.9).
+    ast.parse((REPO / "agent" / "cni" / "shim.py").read_text(), feature_version=(3, 8))
+
+
+OLD_PYTHONS = sorted(Path.home().glob(".pyenv/versions/3.8.*/bin/python3.8"))
+
+
+@pytest.mark.skipif(not OLD_PYTHONS, reason="no Python 3.8 interpreter on this machine")
+def test_standalone_shim_runs_on_python_3_8(agent: FakeAgent, short_dir: Path) -> None:
+    plugin = short_dir / "vpcni"
+    install.install_shim(plugin, str(OLD_PYTHONS[0]))
+    env = {f"CNI_{k.upper()}": v for k, v in attach_env("ADD").items()}
+    done = subprocess.run(
+        [str(plugin)],
+        input=json.dumps(net_config(agent.path)).encode(),
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, ADD_RESULT, b"")
+    assert agent.requests[0].json()["containerID"] == "0123abcd"
 
 
 # --- the hand-written HTTP client, in process -------------------------------------------------
