@@ -7,7 +7,7 @@
 #   VPCNI_SHIM_PYTHON  the node's python3: the plugin runs on the node, not in this image
 #                      (default /usr/bin/python3)
 #   VPCNI_CONFLIST     conflist template (default: 10-vpcni.conflist beside this script);
-#                      VPCNI_SOCKET, AWS_VPC_ENI_MTU, AWS_VPC_K8S_CNI_VETHPREFIX,
+#                      VPCNI_SOCKET, POD_MTU/AWS_VPC_ENI_MTU, AWS_VPC_K8S_CNI_VETHPREFIX,
 #                      AWS_VPC_K8S_PLUGIN_LOG_FILE and AWS_VPC_K8S_PLUGIN_LOG_LEVEL override it.
 set -eu
 bin_dir=${HOST_CNI_BIN_DIR:-/host/opt/cni/bin}

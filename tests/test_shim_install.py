@@ -77,6 +77,7 @@ def test_conflist_knobs_use_the_vpc_cni_names() -> None:
         }
     ]
     assert TEMPLATE["plugins"][0]["mtu"] == 9001  # the template itself is not modified
+    assert install.render_conflist(TEMPLATE, env | {"POD_MTU": "1400"})["plugins"][0]["mtu"] == 1400
     assert install.render_conflist(TEMPLATE, {"AWS_VPC_ENI_MTU": ""}) == TEMPLATE
 
 

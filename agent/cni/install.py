@@ -26,9 +26,11 @@ from pathlib import Path
 MAX_SHEBANG = 200
 
 # Environment knob → (plugin config key, conversion), as the VPC CNI's aws-node applies them.
+# Applied in order: the pod MTU is POD_MTU when set, else the ENI MTU (as in the VPC CNI).
 CONFLIST_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
     "VPCNI_SOCKET": ("socket", str),
     "AWS_VPC_ENI_MTU": ("mtu", int),
+    "POD_MTU": ("mtu", int),
     "AWS_VPC_K8S_CNI_VETHPREFIX": ("vethPrefix", str),
     "AWS_VPC_K8S_PLUGIN_LOG_FILE": ("pluginLogFile", str),
     "AWS_VPC_K8S_PLUGIN_LOG_LEVEL": ("pluginLogLevel", str),
