@@ -194,9 +194,22 @@ def _instance_view(model: Ec2Model, instance: Instance) -> Result:
         "SubnetId": instance.subnet_id,
         "VpcId": model.vpc.id,
         "LaunchTime": instance.launch_time,
+        "AmiLaunchIndex": 0,
         "Architecture": "x86_64",
+        "EbsOptimized": False,
         "Hypervisor": "xen",  # EC2 says "xen" for Nitro instances too
         "VirtualizationType": "hvm",
+        "RootDeviceName": "/dev/xvda",
+        "RootDeviceType": "ebs",
+        "ProductCodes": [],
+        "StateTransitionReason": "",
+        "Monitoring": {"State": "disabled"},
+        "MetadataOptions": {
+            "State": "applied",
+            "HttpTokens": "required",
+            "HttpPutResponseHopLimit": 2,
+            "HttpEndpoint": "enabled",
+        },
         "SourceDestCheck": primary.source_dest_check,
         "SecurityGroups": _groups(model, primary.groups),
         "NetworkInterfaces": [
@@ -221,6 +234,12 @@ def _subnet_view(model: Ec2Model, subnet: Subnet) -> Result:
         "Ipv6CidrBlockAssociationSet": [],
         "OwnerId": model.account_id,
         "State": "available",
+        "Ipv6Native": False,
+        "PrivateDnsNameOptionsOnLaunch": {
+            "HostnameType": "ip-name",
+            "EnableResourceNameDnsARecord": False,
+            "EnableResourceNameDnsAAAARecord": False,
+        },
         "Tags": _tag_list(subnet.tags),
     }
 
