@@ -86,8 +86,9 @@ async def test_m5_large_limits(sim: Sim, make: Make) -> None:
     cloud = sim(instance_type="m5.large")
     adapter = make(cloud)
     spec = EniSpec(subnet_id=subnet_of(cloud), security_groups=(), prefixes=1)
-    created = [await adapter.create_eni(cloud.instance_id, spec) for _ in range(2)]
-    assert [e.device_number for e in created] == [1, 2]
+    # Concurrent creates must not pick the same free device index.
+    created = await asyncio.gather(*(adapter.create_eni(cloud.instance_id, spec) for _ in "ab"))
+    assert sorted(e.device_number for e in created) == [1, 2]
     for eni in created:
         for _ in range(8):
             (prefix,) = await adapter.assign_prefixes(eni.id, 1)

@@ -230,7 +230,6 @@ class Ec2Adapter:
             raise ValueError(f"extra ENI tags may not use {RESERVED_TAG_MARK} keys: {reserved}")
         if throttle_attempts < 1:
             raise ValueError(f"throttle_attempts must be >= 1, got {throttle_attempts}")
-        self._region = region
         self._endpoint_url = endpoint_url
         self._session = session
         self._config = Config(
@@ -258,6 +257,8 @@ class Ec2Adapter:
         self._stats: dict[str, _ActionStats] = {}
         self._subnet_cidrs: dict[str, IPv4Network] = {}  # subnet CIDRs never change
         self._eni_subnets: dict[str, str] = {}  # for InsufficientCidr on assign
+        # Two creates in flight would pick the same free device index.
+        self._create_lock = asyncio.Lock()
 
     # -- the port ---------------------------------------------------------------------------
 
@@ -277,7 +278,12 @@ class Ec2Adapter:
 
     async def create_eni(self, instance_id: str, spec: EniSpec) -> EniView:
         """Create an ENI with our tags, attach it at the next free device index and set
-        DeleteOnTermination. Whatever fails after the create deletes the new ENI again."""
+        DeleteOnTermination. An Ec2Error after the create deletes the new ENI again; after a
+        cancellation the ENI stays, tagged, for `cleanup_leaked_enis`. Creates are serialised."""
+        async with self._create_lock:
+            return await self._create_eni(instance_id, spec)
+
+    async def _create_eni(self, instance_id: str, spec: EniSpec) -> EniView:
         device_index = await self._free_device_index(instance_id)
         now = self._clock()
         request: CreateNetworkInterfaceRequestTypeDef = {
@@ -568,7 +574,7 @@ class Ec2Adapter:
                 self._subnet_cidrs[subnet["SubnetId"]] = IPv4Network(subnet["CidrBlock"])
         unknown = sorted(wanted - self._subnet_cidrs.keys())
         if unknown:
-            raise NotFound(f"subnets not found: {unknown}", action="DescribeSubnets")
+            raise Ec2Error(f"subnets not found: {unknown}", action="DescribeSubnets")
         return self._subnet_cidrs
 
     async def _free_device_index(self, instance_id: str) -> int:
