@@ -1,6 +1,6 @@
 """The EC2 port: the async interface the agent needs, and the one error tree adapters raise.
 
-Adapters (agent.cloud.boto3 for AWS or the emulator) translate their own errors into these
+Adapters (agent.cloud.aws, for AWS and the emulator alike) translate their own errors into these
 classes in one place, so the node reacts to kinds of failure, not to botocore codes.
 """
 
