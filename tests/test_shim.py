@@ -101,7 +101,8 @@ def short_dir() -> Iterator[Path]:
 @pytest.fixture
 def agent(short_dir: Path) -> Iterator[FakeAgent]:
     server = FakeAgent(str(short_dir / "agent.sock"))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits for the next poll.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield server
     server.shutdown()
