@@ -1,0 +1,251 @@
+"""BPF programs: compiled once per start by bcc, maps pinned under /sys/fs/bpf/vpcni/.
+
+The C lives in datapath/bpf/ (vpcni.h: maps, structs, verdicts; one file per hook). Everything
+per pod is a map update here; programs are loaded once and shared by every interface, attached
+with a fixed tc prio/handle so that a restarted agent swaps them in place (`replace`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+from dataclasses import dataclass, fields
+from enum import IntEnum
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+PIN_ROOT = "/sys/fs/bpf/vpcni"
+SOURCE_DIR = Path(__file__).with_name("bpf")
+HOOKS = ("from_pod", "from_eni")
+MAX_ENDPOINTS = 16384
+# Our filter's place on clsact ingress; fixed so a new agent replaces instead of adding.
+TC_PRIO = 7
+TC_HANDLE = 0x7C
+TC_INGRESS = "ffff:fff2"
+
+
+class Verdict(IntEnum):
+    """tc verdicts the programs return (enum vpcni_verdict in vpcni.h)."""
+
+    PASS = 0
+    DROP = 2
+    REDIRECT = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A local pod (struct endpoint), keyed by its IPv4 address."""
+
+    host_ifindex: int
+    eni_ifindex: int
+    pod_mac: str
+    host_mac: str
+
+
+@dataclass(frozen=True, slots=True)
+class Eni:
+    """An ENI (struct eni), keyed by its ifindex."""
+
+    gateway: IPv4Address
+    mac: str
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """One pod's counters (struct counters), summed over CPUs."""
+
+    packets: int = 0
+    bytes: int = 0
+    redirected: int = 0
+    spoof_drops: int = 0
+
+
+def pin_dir(host_netns: str | None) -> str:
+    """Where a node's maps are pinned: one directory per host netns, so sandboxes never share."""
+    return PIN_ROOT if host_netns is None else os.path.join(PIN_ROOT, "netns", host_netns)
+
+
+def source_text() -> str:
+    """The programs as one translation unit (bcc rewrites map calls in its main file only)."""
+    header = (SOURCE_DIR / "vpcni.h").read_text()
+    hooks = [(SOURCE_DIR / f"{hook}.c").read_text() for hook in HOOKS]
+    return "\n".join([header, *(h.replace('#include "vpcni.h"', "") for h in hooks)])
+
+
+def cflags(host_netns: str | None, max_endpoints: int = MAX_ENDPOINTS) -> list[str]:
+    """Every -D the programs take, in one place."""
+    return [
+        f'-DVPCNI_PIN_DIR="{pin_dir(host_netns)}"',
+        f"-DVPCNI_MAX_ENDPOINTS={max_endpoints}",
+        "-Wno-unused-function",
+    ]
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _mac_str(raw: Any) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(raw))
+
+
+def _ip_key(ip: IPv4Address) -> int:
+    # Keys are __be32 read straight from packets: the address bytes as a host-order integer.
+    return int.from_bytes(ip.packed, "little")
+
+
+def _ip_from_key(key: int) -> IPv4Address:
+    return IPv4Address(key.to_bytes(4, "little"))
+
+
+class Programs:
+    """The compiled programs and their pinned maps for one node.
+
+    Raises whatever bcc raises (ImportError, compile errors) when BPF cannot be used; callers
+    fall back to kernel mode.
+    """
+
+    def __init__(self, host_netns: str | None, *, max_endpoints: int = MAX_ENDPOINTS) -> None:
+        from bcc import BPF
+
+        self.pin_dir = pin_dir(host_netns)
+        self.max_endpoints = max_endpoints
+        os.makedirs(self.pin_dir, exist_ok=True)
+        self._bpf = BPF(text=source_text().encode(), cflags=cflags(host_netns, max_endpoints))
+        self._functions = {
+            hook: self._bpf.load_func(hook.encode(), BPF.SCHED_CLS) for hook in HOOKS
+        }
+        self._endpoints = self._bpf[b"endpoints"]
+        self._enis = self._bpf[b"enis"]
+        self._counters = self._bpf[b"counters"]
+
+    # --- attach (the caller's IPRoute decides the netns) --------------------------------------
+
+    def attach(self, ipr: Any, ifindex: int, hook: str) -> None:
+        """Put `hook` on the interface's tc ingress, replacing our previous filter in place."""
+        fn = self._functions[hook]
+        try:
+            ipr.tc("add", "clsact", ifindex)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+        ipr.tc(
+            "replace-filter",
+            "bpf",
+            ifindex,
+            handle=TC_HANDLE,
+            prio=TC_PRIO,
+            fd=fn.fd,
+            name=fn.name.decode() if isinstance(fn.name, bytes) else fn.name,
+            parent=TC_INGRESS,
+            classid=1,
+            direct_action=True,
+        )
+
+    @staticmethod
+    def detach(ipr: Any, ifindex: int) -> None:
+        """Remove our filter (and clsact, which only we use); fine if it is not there."""
+        try:
+            ipr.tc("del", "clsact", ifindex)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                raise
+
+    @staticmethod
+    def attached(ipr: Any, ifindex: int) -> str | None:
+        """Name of the BPF program on the interface's ingress at our prio, if any."""
+        try:
+            filters = ipr.get_filters(index=ifindex, parent=TC_INGRESS)
+        except NetlinkError:
+            return None
+        for f in filters:
+            if f.get("TCA_KIND") == "bpf" and (f["info"] >> 16) == TC_PRIO:
+                opts = f.get("TCA_OPTIONS")
+                name = opts.get("TCA_BPF_NAME") if opts is not None else None
+                if name:
+                    return str(name).split(":")[0]
+        return None
+
+    # --- maps ---------------------------------------------------------------------------------
+
+    def put_endpoint(self, ip: IPv4Address, ep: Endpoint) -> None:
+        """Insert or update a pod's endpoint entry."""
+        leaf = self._endpoints.Leaf()
+        leaf.host_ifindex = ep.host_ifindex
+        leaf.eni_ifindex = ep.eni_ifindex
+        ctypes.memmove(leaf.pod_mac, _mac_bytes(ep.pod_mac), 6)
+        ctypes.memmove(leaf.host_mac, _mac_bytes(ep.host_mac), 6)
+        self._endpoints[self._endpoints.Key(_ip_key(ip))] = leaf
+
+    def delete_endpoint(self, ip: IPv4Address) -> Endpoint | None:
+        """Remove a pod's endpoint (and its counters); returns what was there."""
+        key = self._endpoints.Key(_ip_key(ip))
+        try:
+            leaf = self._endpoints[key]
+        except KeyError:
+            return None
+        ep = _endpoint(leaf)
+        self._delete(self._endpoints, key)
+        self.delete_counters(ep.host_ifindex)
+        return ep
+
+    def delete_counters(self, host_ifindex: int) -> None:
+        """Forget a host veth's counters."""
+        self._delete(self._counters, self._counters.Key(host_ifindex))
+
+    def endpoint(self, ip: IPv4Address) -> Endpoint | None:
+        """The endpoint entry for a pod address, if any."""
+        try:
+            return _endpoint(self._endpoints[self._endpoints.Key(_ip_key(ip))])
+        except KeyError:
+            return None
+
+    def endpoints(self) -> dict[IPv4Address, Endpoint]:
+        """Every endpoint entry."""
+        return {_ip_from_key(k.value): _endpoint(v) for k, v in self._endpoints.items()}
+
+    def put_eni(self, ifindex: int, eni: Eni) -> None:
+        """Insert or update an ENI entry."""
+        leaf = self._enis.Leaf()
+        leaf.gateway = _ip_key(eni.gateway)
+        ctypes.memmove(leaf.mac, _mac_bytes(eni.mac), 6)
+        self._enis[self._enis.Key(ifindex)] = leaf
+
+    def delete_eni(self, ifindex: int) -> None:
+        """Remove an ENI entry; fine if absent."""
+        self._delete(self._enis, self._enis.Key(ifindex))
+
+    def enis(self) -> dict[int, Eni]:
+        """Every ENI entry by ifindex."""
+        return {
+            k.value: Eni(gateway=_ip_from_key(v.gateway), mac=_mac_str(v.mac))
+            for k, v in self._enis.items()
+        }
+
+    def counters(self) -> dict[int, Counters]:
+        """Counters by host veth ifindex, summed over CPUs."""
+        out: dict[int, Counters] = {}
+        for key, per_cpu in self._counters.items():
+            out[key.value] = Counters(
+                **{f.name: sum(getattr(c, f.name) for c in per_cpu) for f in fields(Counters)}
+            )
+        return out
+
+    @staticmethod
+    def _delete(table: Any, key: Any) -> None:
+        with contextlib.suppress(KeyError):
+            del table[key]
+
+
+def _endpoint(leaf: Any) -> Endpoint:
+    return Endpoint(
+        host_ifindex=int(leaf.host_ifindex),
+        eni_ifindex=int(leaf.eni_ifindex),
+        pod_mac=_mac_str(leaf.pod_mac),
+        host_mac=_mac_str(leaf.host_mac),
+    )

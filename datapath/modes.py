@@ -1,0 +1,278 @@
+"""The `Datapath` implementations: BPF (tc programs) and kernel (routes and rules).
+
+Netlink and map work runs on a small pool of worker threads (pyroute2's async API does not run
+under uvloop), so the event loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from datapath.bpf import Endpoint, Eni, Programs
+from datapath.port import DatapathError, EniLink, PodNetwork, WiredPod
+from datapath.wiring import EniDevice, Wiring, host_veth_name, link_exists, netlink
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class _NodeDatapath:
+    """What both modes share: ENI setup, pod veths, the worker threads."""
+
+    mode = ""
+
+    def __init__(self, *, host_netns: str | None, eni_mtu: int = 9001, workers: int = 4) -> None:
+        self.host_netns = host_netns
+        self._wiring = Wiring(host_netns, eni_mtu=eni_mtu)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vpcni-netlink")
+        self._enis: dict[str, EniDevice] = {}
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def start(self, enis: Sequence[EniLink]) -> None:
+        """Turn on forwarding in the host netns and set up the ENIs attached now."""
+        await self._run(self._wiring.enable_forwarding)
+        for eni in enis:
+            await self.add_eni(eni)
+
+    async def add_eni(self, eni: EniLink) -> None:
+        """Bring an ENI up with its route table (and program, in BPF mode)."""
+        await self._run(self._add_eni, eni)
+
+    def _add_eni(self, eni: EniLink) -> EniDevice:
+        device = self._wiring.setup_eni(eni)
+        self._enis[eni.eni_id] = device
+        return device
+
+    def _eni_device(self, eni: EniLink) -> EniDevice:
+        return self._enis.get(eni.eni_id) or self._add_eni(eni)
+
+    async def remove_eni(self, eni: EniLink) -> None:
+        """Forget an ENI that is being detached."""
+        await self._run(self._remove_eni, eni)
+
+    def _remove_eni(self, eni: EniLink) -> None:
+        self._wiring.teardown_eni(eni)
+        self._enis.pop(eni.eni_id, None)
+
+    async def check(self, pod: PodNetwork) -> list[str]:
+        """Problems with the pod's wiring; empty when all is as `wire` left it."""
+        return await self._run(self._check, pod)
+
+    def _check(self, pod: PodNetwork) -> list[str]:
+        return self._wiring.check_pod(pod, rules=self.mode == "kernel")
+
+    def _eni_status(self) -> dict[str, Any]:
+        return {
+            eni_id: {"ifindex": d.ifindex, "ifname": d.ifname, "gateway": str(d.gateway)}
+            for eni_id, d in self._enis.items()
+        }
+
+    async def close(self) -> None:
+        """Stop the worker threads; pod networking stays in place."""
+        self._pool.shutdown(wait=True)
+
+
+class KernelDatapath(_NodeDatapath):
+    """Routes and rules only, like the VPC CNI: `to <pod>` rules for every pod, and per-ENI
+    tables with `from <pod>` rules for pods on secondary ENIs."""
+
+    mode = "kernel"
+
+    def __init__(
+        self,
+        *,
+        host_netns: str | None,
+        eni_mtu: int = 9001,
+        workers: int = 4,
+        fallback_reason: str | None = None,
+    ) -> None:
+        super().__init__(host_netns=host_netns, eni_mtu=eni_mtu, workers=workers)
+        self.fallback_reason = fallback_reason
+
+    async def wire(self, pod: PodNetwork) -> WiredPod:
+        """Create the pod's veth, addresses, routes and rules."""
+        return await self._run(self._wire, pod)
+
+    def _wire(self, pod: PodNetwork) -> WiredPod:
+        if not pod.eni.primary:
+            self._eni_device(pod.eni)  # its table must exist for the `from` rule to work
+        return self._wiring.wire_pod(pod, rules=True)
+
+    async def unwire(self, pod: PodNetwork) -> None:
+        """Remove the pod's veth, routes and rules; fine if nothing is there."""
+        await self._run(self._wiring.unwire_pod, pod)
+
+    def status(self) -> Mapping[str, Any]:
+        """Mode, host netns, ENIs and why BPF is not in use (if it was asked for)."""
+        return {
+            "mode": self.mode,
+            "host_netns": self.host_netns,
+            "fallback_reason": self.fallback_reason,
+            "enis": self._eni_status(),
+            "programs": {},
+        }
+
+
+class BpfDatapath(_NodeDatapath):
+    """tc programs on each host veth (from_pod) and ENI (from_eni), state in pinned maps."""
+
+    mode = "bpf"
+
+    def __init__(
+        self,
+        programs: Programs,
+        *,
+        host_netns: str | None,
+        eni_mtu: int = 9001,
+        workers: int = 4,
+    ) -> None:
+        super().__init__(host_netns=host_netns, eni_mtu=eni_mtu, workers=workers)
+        self.programs = programs
+        self._attached: dict[str, str] = {}
+
+    async def start(self, enis: Sequence[EniLink]) -> None:
+        """Set up the ENIs, then swap the new program into every pod still in the pinned maps.
+
+        Entries whose host veth is gone (the pod died while no agent ran) are dropped.
+        """
+        await super().start(enis)
+        await self._run(self._adopt_endpoints)
+
+    def _adopt_endpoints(self) -> None:
+        with netlink(self.host_netns) as ipr:
+            for ip, ep in self.programs.endpoints().items():
+                if link_exists(ipr, ep.host_ifindex):
+                    self.programs.attach(ipr, ep.host_ifindex, "from_pod")
+                    name = ipr.link("get", index=ep.host_ifindex)[0].get("IFLA_IFNAME")
+                    self._attached[str(name)] = "from_pod"
+                else:
+                    log.info("dropping endpoint %s: host veth %d is gone", ip, ep.host_ifindex)
+                    self.programs.delete_endpoint(ip)
+            for ifindex in self.programs.counters():
+                if not link_exists(ipr, ifindex):
+                    self.programs.delete_counters(ifindex)
+
+    def _add_eni(self, eni: EniLink) -> EniDevice:
+        device = super()._add_eni(eni)
+        self.programs.put_eni(device.ifindex, Eni(gateway=device.gateway, mac=eni.mac))
+        with netlink(self.host_netns) as ipr:
+            self.programs.attach(ipr, device.ifindex, "from_eni")
+        self._attached[device.ifname] = "from_eni"
+        return device
+
+    def _remove_eni(self, eni: EniLink) -> None:
+        device = self._enis.get(eni.eni_id)
+        if device is not None:
+            self.programs.delete_eni(device.ifindex)
+            with netlink(self.host_netns) as ipr:
+                if link_exists(ipr, device.ifindex):
+                    self.programs.detach(ipr, device.ifindex)
+            self._attached.pop(device.ifname, None)
+        super()._remove_eni(eni)
+
+    async def wire(self, pod: PodNetwork) -> WiredPod:
+        """Create the pod's veth and routes, its endpoint entry, and attach from_pod."""
+        return await self._run(self._wire, pod)
+
+    def _wire(self, pod: PodNetwork) -> WiredPod:
+        eni_ifindex = self._eni_device(pod.eni).ifindex
+
+        def finish(ipr: Any, host_ifindex: int, wired: WiredPod) -> None:
+            self.programs.delete_counters(host_ifindex)  # a reused ifindex starts from zero
+            endpoint = Endpoint(
+                host_ifindex=host_ifindex,
+                eni_ifindex=eni_ifindex,
+                pod_mac=wired.pod_mac,
+                host_mac=wired.host_mac,
+            )
+            self.programs.put_endpoint(pod.ip, endpoint)
+            self.programs.attach(ipr, host_ifindex, "from_pod")
+
+        try:
+            wired = self._wiring.wire_pod(pod, rules=False, finish=finish)
+        except DatapathError:
+            self._forget_endpoint(pod)
+            raise
+        self._attached[wired.host_veth] = "from_pod"
+        return wired
+
+    def _forget_endpoint(self, pod: PodNetwork) -> None:
+        with netlink(self.host_netns) as ipr:
+            self._cleanup(pod, ipr, None)
+
+    def _cleanup(self, pod: PodNetwork, ipr: Any, host_ifindex: int | None) -> None:
+        # The entry is ours if it points at our veth or at none that exists: never remove the
+        # entry of another pod that got the address since.
+        ep = self.programs.endpoint(pod.ip)
+        if ep is not None and (
+            ep.host_ifindex == host_ifindex or not link_exists(ipr, ep.host_ifindex)
+        ):
+            self.programs.delete_endpoint(pod.ip)
+        if host_ifindex is not None:
+            self.programs.delete_counters(host_ifindex)
+
+    async def unwire(self, pod: PodNetwork) -> None:
+        """Remove the pod's endpoint, counters, veth and routes; fine if nothing is there."""
+        await self._run(self._unwire, pod)
+
+    def _unwire(self, pod: PodNetwork) -> None:
+        def cleanup(ipr: Any, host_ifindex: int | None) -> None:
+            self._cleanup(pod, ipr, host_ifindex)
+
+        self._wiring.unwire_pod(pod, cleanup=cleanup)
+        self._attached.pop(host_veth_name(pod.veth_prefix, pod.pod_namespace, pod.pod_name), None)
+
+    def _check(self, pod: PodNetwork) -> list[str]:
+        problems = super()._check(pod)
+        ep = self.programs.endpoint(pod.ip)
+        if ep is None:
+            return [*problems, f"no endpoint entry for {pod.ip}"]
+        with netlink(self.host_netns) as ipr:
+            if self.programs.attached(ipr, ep.host_ifindex) != "from_pod":
+                problems.append(f"from_pod is not attached to ifindex {ep.host_ifindex}")
+        return problems
+
+    def status(self) -> Mapping[str, Any]:
+        """Mode, programs per device, per-pod counters and map sizes, from the pinned maps."""
+        endpoints = self.programs.endpoints()
+        counters = self.programs.counters()
+        enis = self.programs.enis()
+        pods = {
+            str(ip): {
+                "host_ifindex": ep.host_ifindex,
+                "eni_ifindex": ep.eni_ifindex,
+                **_as_dict(counters.get(ep.host_ifindex)),
+            }
+            for ip, ep in endpoints.items()
+        }
+        return {
+            "mode": self.mode,
+            "host_netns": self.host_netns,
+            "pin_dir": self.programs.pin_dir,
+            "programs": dict(sorted(self._attached.items())),
+            "enis": self._eni_status(),
+            "pods": pods,
+            "maps": {
+                "endpoints": len(endpoints),
+                "enis": len(enis),
+                "counters": len(counters),
+                "max_endpoints": self.programs.max_endpoints,
+            },
+        }
+
+
+def _as_dict(counters: Any) -> dict[str, int]:
+    if counters is None:
+        return {"packets": 0, "bytes": 0, "redirected": 0, "spoof_drops": 0}
+    return {
+        "packets": counters.packets,
+        "bytes": counters.bytes,
+        "redirected": counters.redirected,
+        "spoof_drops": counters.spoof_drops,
+    }

@@ -1,0 +1,190 @@
+"""A node as real network namespaces, for `--cloud sim --host-netns NAME`, tests and benchmarks.
+
+```
+ pod netns ── veth ── NAME (the node's host netns)
+                      ethN = ENI with device number N (its MAC, primary IP/prefix, alias = ENI id)
+                        └── veth ── NAME-vpc (the VPC router)
+                                    to-ethN: the subnet gateway (.1/32), routes + permanent
+                                    neighbours for the ENI's primary IP and its pods' IPs,
+                                    lo: the "remote VPC host" address
+```
+The VPC side never ARPs for pod addresses, just as the real VPC fabric delivers to the ENI that
+owns an address. Nothing is configured in the caller's (root) netns.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from ipaddress import IPv4Address
+from typing import Any
+
+from pyroute2 import netns as pyroute2_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from datapath.bpf import pin_dir
+from datapath.port import EniLink
+from datapath.wiring import entered, netlink, netns_path, subnet_gateway
+
+DEFAULT_REMOTE_HOST = IPv4Address("10.255.255.254")
+ENI_MTU = 9001
+_NUD_PERMANENT = 0x80
+_SCOPE_LINK = 253
+
+
+class SandboxError(Exception):
+    """The sandbox is not in a state that allows the operation."""
+
+
+def eni_ifname(device_number: int) -> str:
+    """The node-side interface of the ENI with this device number."""
+    return f"eth{device_number}"
+
+
+def router_ifname(device_number: int) -> str:
+    """The VPC-router side of that ENI's link."""
+    return f"to-eth{device_number}"
+
+
+class Sandbox:
+    """Host netns NAME plus VPC router netns NAME-vpc; every method is idempotent."""
+
+    def __init__(self, name: str, *, remote_host_ip: IPv4Address = DEFAULT_REMOTE_HOST) -> None:
+        self.name = name
+        self.vpc_netns = f"{name}-vpc"
+        self.remote_host_ip = remote_host_ip
+
+    def exists(self) -> bool:
+        """Whether the host netns is there."""
+        return os.path.exists(netns_path(self.name))
+
+    def up(self) -> None:
+        """Create both namespaces (if missing) with loopback up, forwarding on, IPv6 off.
+
+        The VPC here is IPv4 only; IPv6 would only add link-local chatter to every counter.
+        """
+        for ns in (self.name, self.vpc_netns):
+            if not os.path.exists(netns_path(ns)):
+                pyroute2_netns.create(ns)
+            with entered(ns):
+                _sysctl("net/ipv6/conf/default/disable_ipv6", "1")
+                _sysctl("net/ipv6/conf/all/disable_ipv6", "1")
+                _sysctl("net/ipv4/ip_forward", "1")
+            with netlink(ns) as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        with netlink(self.vpc_netns) as ipr:
+            ipr.addr(
+                "replace",
+                index=ipr.link_lookup(ifname="lo")[0],
+                address=str(self.remote_host_ip),
+                prefixlen=32,
+            )
+
+    def down(self) -> None:
+        """Remove both namespaces (their interfaces, pod veths' host ends) and the BPF pins."""
+        for ns in (self.vpc_netns, self.name):
+            if os.path.exists(netns_path(ns)):
+                pyroute2_netns.remove(ns)
+        shutil.rmtree(pin_dir(self.name), ignore_errors=True)
+
+    def attach_eni(self, eni: EniLink) -> str:
+        """Plug an ENI into the node as `eth<device_number>`; returns that name.
+
+        The primary ENI also gets the node's default route, as DHCP would on EC2.
+        """
+        self._require_up()
+        ifname = eni_ifname(eni.device_number)
+        gateway = subnet_gateway(eni.subnet_cidr)
+        with netlink(self.name) as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+            if found and _link(ipr, found[0]).get("IFLA_ADDRESS") != eni.mac.lower():
+                ipr.link("del", index=found[0])
+                found = []
+            if not found:
+                vpc_fd = os.open(netns_path(self.vpc_netns), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    ipr.link(
+                        "add",
+                        ifname=ifname,
+                        kind="veth",
+                        address=eni.mac.lower(),
+                        mtu=ENI_MTU,
+                        peer={
+                            "ifname": router_ifname(eni.device_number),
+                            "net_ns_fd": vpc_fd,
+                            "mtu": ENI_MTU,
+                        },
+                    )
+                finally:
+                    os.close(vpc_fd)
+            index = ipr.link_lookup(ifname=ifname)[0]
+            ipr.link("set", index=index, ifalias=eni.eni_id, state="up")
+            ipr.addr(
+                "replace",
+                index=index,
+                address=str(eni.primary_ip),
+                prefixlen=eni.subnet_cidr.prefixlen,
+            )
+            if eni.primary:
+                ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+        with netlink(self.vpc_netns) as vpc:
+            index = vpc.link_lookup(ifname=router_ifname(eni.device_number))[0]
+            vpc.link("set", index=index, state="up")
+            vpc.addr("replace", index=index, address=str(gateway), prefixlen=32)
+            _route_to(vpc, eni.primary_ip, index, eni.mac)
+        return ifname
+
+    def detach_eni(self, eni: EniLink | str) -> None:
+        """Unplug an ENI (by link or ENI id); its pod routes in the VPC go with it."""
+        eni_id = eni.eni_id if isinstance(eni, EniLink) else eni
+        if not self.exists():
+            return
+        with netlink(self.name) as ipr:
+            for link in ipr.link("dump"):
+                if link.get("IFLA_IFALIAS") == eni_id:
+                    _quiet(ipr.link, "del", index=link["index"])
+
+    def route_pod(self, ip: IPv4Address, eni: EniLink) -> None:
+        """Make the VPC deliver traffic for `ip` to the ENI that owns it."""
+        with netlink(self.vpc_netns) as vpc:
+            found = vpc.link_lookup(ifname=router_ifname(eni.device_number))
+            if not found:
+                raise SandboxError(f"ENI {eni.eni_id} is not attached to {self.name}")
+            _route_to(vpc, ip, found[0], eni.mac)
+
+    def unroute_pod(self, ip: IPv4Address) -> None:
+        """Forget where `ip` lives; fine if the VPC never knew."""
+        if not os.path.exists(netns_path(self.vpc_netns)):
+            return
+        with netlink(self.vpc_netns) as vpc:
+            _quiet(vpc.route, "del", dst=f"{ip}/32")
+            for neigh in vpc.neigh("dump"):
+                if neigh.get("NDA_DST") == str(ip):
+                    _quiet(vpc.neigh, "del", dst=str(ip), ifindex=neigh["ifindex"])
+
+    def _require_up(self) -> None:
+        if not (self.exists() and os.path.exists(netns_path(self.vpc_netns))):
+            raise SandboxError(f"sandbox {self.name} is not up")
+
+
+def _sysctl(name: str, value: str) -> None:
+    with open(f"/proc/sys/{name}", "w") as f:
+        f.write(value + "\n")
+
+
+def _link(ipr: Any, index: int) -> Any:
+    return ipr.link("get", index=index)[0]
+
+
+def _route_to(vpc: Any, ip: IPv4Address, index: int, mac: str) -> None:
+    vpc.route("replace", dst=f"{ip}/32", oif=index, scope=_SCOPE_LINK)
+    vpc.neigh("replace", dst=str(ip), lladdr=mac.lower(), ifindex=index, state=_NUD_PERMANENT)
+
+
+def _quiet(fn: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        fn(*args, **kwargs)
+    except NetlinkError as e:
+        if e.code not in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
+            raise

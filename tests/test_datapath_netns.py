@@ -1,0 +1,392 @@
+"""The datapath in real namespaces: a sandbox node, pods as netns, pings through both modes.
+
+Root only (netns, veth, tc, bpf); BPF cases also need bcc and kernel headers. Every namespace
+a test makes is registered and removed at teardown, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from datapath.port import Datapath, DatapathError, EniLink, PodNetwork
+
+ROOT = os.geteuid() == 0
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(not ROOT, reason="needs root for netns, veth, tc and bpf"),
+]
+
+if ROOT:
+    from pyroute2 import netns as pyroute2_netns
+
+    from datapath.bpf import Programs
+    from datapath.factory import make_datapath
+    from datapath.sandbox import Sandbox
+    from datapath.wiring import netlink
+
+
+def _bcc_reason() -> str | None:
+    if not ROOT:
+        return "needs root"
+    try:
+        Programs("vpcni-probe")
+    except Exception as e:
+        return f"bcc cannot compile here: {e}"
+    finally:
+        import shutil
+
+        from datapath.bpf import pin_dir
+
+        shutil.rmtree(pin_dir("vpcni-probe"), ignore_errors=True)
+    return None
+
+
+BCC_REASON = _bcc_reason()
+needs_bcc = pytest.mark.skipif(BCC_REASON is not None, reason=BCC_REASON or "")
+MODES = [pytest.param("bpf", marks=[needs_bcc, pytest.mark.bcc]), "kernel"]
+
+SUBNET = IPv4Network("10.0.0.0/24")
+ENI0 = EniLink(
+    eni_id="eni-000",
+    device_number=0,
+    mac="02:00:0a:00:00:0a",
+    primary=True,
+    primary_ip=IPv4Address("10.0.0.10"),
+    subnet_cidr=SUBNET,
+)
+# Same subnet as the primary: the FIB alone would send its pods' traffic out of eth0.
+ENI1 = EniLink(
+    eni_id="eni-001",
+    device_number=1,
+    mac="02:00:0a:00:00:14",
+    primary=False,
+    primary_ip=IPv4Address("10.0.0.20"),
+    subnet_cidr=SUBNET,
+)
+_names = itertools.count()
+
+
+class Node:
+    """A sandbox node with pods; remembers every netns for cleanup."""
+
+    def __init__(self, box: Sandbox) -> None:
+        self.box = box
+        self.pod_netns: list[str] = []
+
+    def pod(self, name: str, ip: str, eni: EniLink = ENI0) -> PodNetwork:
+        ns = f"{self.box.name}-{name}"
+        if not os.path.exists(f"/var/run/netns/{ns}"):
+            pyroute2_netns.create(ns)
+            self.pod_netns.append(ns)
+        return PodNetwork(
+            container_id=f"c-{name}",
+            netns=f"/var/run/netns/{ns}",
+            ifname="eth0",
+            pod_namespace="default",
+            pod_name=name,
+            ip=IPv4Address(ip),
+            eni=eni,
+        )
+
+    def cleanup(self) -> None:
+        for ns in self.pod_netns:
+            pyroute2_netns.remove(ns)
+        self.box.down()
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    box = Sandbox(f"vpt{os.getpid() % 100000}x{next(_names)}")
+    n = Node(box)
+    try:
+        box.up()
+        box.attach_eni(ENI0)
+        box.attach_eni(ENI1)
+        yield n
+    finally:
+        n.cleanup()
+
+
+@pytest.fixture(params=MODES)
+async def datapath(request: pytest.FixtureRequest, node: Node) -> AsyncIterator[Datapath]:
+    dp = await make_datapath(request.param, host_netns=node.box.name)
+    assert dp.mode == request.param
+    await dp.start([ENI0, ENI1])
+    try:
+        yield dp
+    finally:
+        await dp.close()
+
+
+async def wire(dp: Datapath, node: Node, pod: PodNetwork) -> None:
+    await dp.wire(pod)
+    await asyncio.to_thread(node.box.route_pod, pod.ip, pod.eni)
+
+
+def ping(pod: PodNetwork, dst: Any, *, count: int = 3, extra: tuple[str, ...] = ()) -> int:
+    """Replies received."""
+    netns = pod.netns.rsplit("/", 1)[1]
+    flags = ["-n", "-q", "-c", str(count), "-i", "0.05", "-W", "1", *extra]
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, "ping", *flags, str(dst)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    found = re.search(r"(\d+) received", out)
+    return int(found.group(1)) if found else 0
+
+
+def tx_packets(netns: str) -> tuple[int, int]:
+    """Packets sent by eth0 and eth1 (sync netlink: call on a thread in async tests)."""
+    return _stat(netns, "eth0", "tx_packets"), _stat(netns, "eth1", "tx_packets")
+
+
+def _stat(netns: str, ifname: str, name: str) -> int:
+    with netlink(netns) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        return int(ipr.link("get", index=index)[0].get("IFLA_STATS64")[name])
+
+
+def icmp_in_echos(netns: str) -> int:
+    """Echo requests the netns has received (Icmp InEchos in /proc/net/snmp)."""
+    snmp = subprocess.run(
+        ["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    header, values = (line.split() for line in snmp.splitlines() if line.startswith("Icmp:"))
+    return int(values[header.index("InEchos")])
+
+
+def add_address(netns: str, ip: str) -> None:
+    """A second address on the pod's eth0, to forge sources with."""
+    with netlink(netns) as ipr:
+        ipr.addr("add", index=ipr.link_lookup(ifname="eth0")[0], address=ip, prefixlen=32)
+
+
+def changes(before: dict[str, list[str]], after: dict[str, list[str]]) -> dict[str, Any]:
+    """What appeared (+) or vanished (-), per kind."""
+    out: dict[str, Any] = {}
+    for kind in before:
+        gone, new = set(before[kind]) - set(after[kind]), set(after[kind]) - set(before[kind])
+        if gone or new:
+            out[kind] = {"-": sorted(gone), "+": sorted(new)}
+    return out
+
+
+def residue(netns: str) -> dict[str, list[str]]:
+    """Links, routes (all tables), rules and neighbours of a netns, to compare before/after."""
+    name = netns.rsplit("/", 1)[-1]
+
+    def ip(*args: str) -> list[str]:
+        out = subprocess.run(["ip", "-n", name, *args], capture_output=True, text=True, check=True)
+        return sorted(out.stdout.splitlines())
+
+    return {
+        "links": ip("-br", "link"),
+        "routes": ip("-4", "route", "show", "table", "all"),
+        "rules": ip("-4", "rule"),
+        "neighbours": [n for n in ip("-4", "neigh") if "PERMANENT" in n],
+    }
+
+
+async def test_pods_on_primary_eni_reach_each_other_and_the_vpc(
+    datapath: Datapath, node: Node
+) -> None:
+    a, b = node.pod("a", "10.0.0.100"), node.pod("b", "10.0.0.101")
+    await wire(datapath, node, a)
+    await wire(datapath, node, b)
+    assert ping(a, b.ip) == 3
+    assert ping(b, a.ip) == 3
+    assert ping(a, node.box.remote_host_ip) == 3
+    assert await datapath.check(a) == []
+    if datapath.mode == "bpf":
+        pods = datapath.status()["pods"]
+        assert pods["10.0.0.100"]["redirected"] >= 6
+        assert datapath.status()["programs"]["eth0"] == "from_eni"
+
+
+async def test_pod_on_secondary_eni_leaves_through_it(datapath: Datapath, node: Node) -> None:
+    pod = node.pod("s", "10.0.0.120", ENI1)
+    await wire(datapath, node, pod)
+    name = node.box.name
+    before = await asyncio.to_thread(tx_packets, name)
+    assert ping(pod, node.box.remote_host_ip, count=5) == 5
+    after = await asyncio.to_thread(tx_packets, name)
+    assert after[1] - before[1] >= 5
+    assert after[0] - before[0] < 5
+
+
+async def test_forged_source_gets_nothing_through(datapath: Datapath, node: Node) -> None:
+    pod = node.pod("f", "10.0.0.130")
+    await wire(datapath, node, pod)
+    await asyncio.to_thread(add_address, pod.netns, "10.0.0.99")
+    echoes = icmp_in_echos(node.box.vpc_netns)
+    assert ping(pod, node.box.remote_host_ip, count=3, extra=("-I", "10.0.0.99")) == 0
+    assert icmp_in_echos(node.box.vpc_netns) == echoes
+    if datapath.mode == "bpf":
+        assert datapath.status()["pods"]["10.0.0.130"]["spoof_drops"] >= 3
+    assert ping(pod, node.box.remote_host_ip, count=1) == 1
+
+
+async def test_no_iptables_or_nftables_rules(datapath: Datapath, node: Node) -> None:
+    await wire(datapath, node, node.pod("n", "10.0.0.140"))
+    exec_ = ["ip", "netns", "exec", node.box.name]
+    saved = subprocess.run([*exec_, "iptables-save"], capture_output=True, text=True).stdout
+    assert not [line for line in saved.splitlines() if line.startswith("-A")]
+    assert "vpcni" not in saved
+    ruleset = subprocess.run([*exec_, "nft", "list", "ruleset"], capture_output=True, text=True)
+    assert ruleset.stdout.strip() == ""
+
+
+async def test_unwire_is_total_over_200_cycles(datapath: Datapath, node: Node) -> None:
+    pod = node.pod("r", "10.0.0.150", ENI1)
+    await wire(datapath, node, node.pod("stay", "10.0.0.151"))
+    host_before = residue(node.box.name)
+    pod_before = residue(pod.netns)
+    for _ in range(200):
+        await datapath.wire(pod)
+        await datapath.unwire(pod)
+    await datapath.unwire(pod)  # again: nothing there is fine
+    assert changes(host_before, residue(node.box.name)) == {}
+    assert changes(pod_before, residue(pod.netns)) == {}
+    if datapath.mode == "bpf":
+        status = datapath.status()
+        assert list(status["pods"]) == ["10.0.0.151"]
+        assert status["maps"]["endpoints"] == 1
+        assert status["maps"]["counters"] <= 1
+
+
+async def test_missing_pod_netns_is_reported(datapath: Datapath, node: Node) -> None:
+    pod = node.pod("gone", "10.0.0.160")
+    name = pod.netns.rsplit("/", 1)[1]
+    pyroute2_netns.remove(name)
+    node.pod_netns.remove(name)
+    with pytest.raises(DatapathError) as err:
+        await datapath.wire(pod)
+    assert err.value.missing_netns
+    await datapath.unwire(pod)
+
+
+async def test_secondary_eni_table_and_rules_in_kernel_mode(node: Node) -> None:
+    dp = await make_datapath("kernel", host_netns=node.box.name)
+    await dp.start([ENI0, ENI1])
+    pod = node.pod("k", "10.0.0.170", ENI1)
+    await wire(dp, node, pod)
+    host = residue(node.box.name)
+    assert "512:\tfrom all to 10.0.0.170 lookup main" in host["rules"]
+    assert "1536:\tfrom 10.0.0.170 lookup 2" in host["rules"]
+    assert "default via 10.0.0.1 dev eth1 table 2 proto static " in host["routes"]
+    assert not [r for r in host["routes"] if r.startswith("10.0.0.0/24 dev eth1")]
+    assert ping(pod, node.box.remote_host_ip) == 3
+    await dp.unwire(pod)
+    assert not [r for r in residue(node.box.name)["rules"] if "10.0.0.170" in r]
+    await dp.close()
+
+
+RESTART = """
+import asyncio, json, sys
+from ipaddress import IPv4Address, IPv4Network
+from datapath.factory import make_datapath
+from datapath.port import EniLink
+
+async def main():
+    spec = json.loads(sys.argv[1])
+    enis = [EniLink(**{**e, "primary_ip": IPv4Address(e["primary_ip"]),
+                       "subnet_cidr": IPv4Network(e["subnet_cidr"])}) for e in spec["enis"]]
+    dp = await make_datapath("bpf", host_netns=spec["host_netns"])
+    await dp.start(enis)
+    print(json.dumps(dp.status()))
+    await dp.close()
+
+asyncio.run(main())
+"""
+
+
+@needs_bcc
+@pytest.mark.bcc
+async def test_ping_survives_agent_restart(node: Node) -> None:
+    dp = await make_datapath("bpf", host_netns=node.box.name)
+    await dp.start([ENI0, ENI1])
+    a, b = node.pod("a", "10.0.0.180"), node.pod("b", "10.0.0.181", ENI1)
+    await wire(dp, node, a)
+    await wire(dp, node, b)
+    await dp.close()  # the old agent is gone; its programs and pins stay
+    spec = {
+        "host_netns": node.box.name,
+        "enis": [
+            {
+                "eni_id": e.eni_id,
+                "device_number": e.device_number,
+                "mac": e.mac,
+                "primary": e.primary,
+                "primary_ip": str(e.primary_ip),
+                "subnet_cidr": str(e.subnet_cidr),
+            }
+            for e in (ENI0, ENI1)
+        ],
+    }
+    count = 120
+    pinger = asyncio.create_task(asyncio.to_thread(ping, a, b.ip, count=count))
+    for _ in range(2):  # two restarts while ~6 s of pings (every 50 ms) run
+        await asyncio.sleep(0.8)
+        started = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", RESTART, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        status = json.loads(started.stdout)
+        assert status["mode"] == "bpf"
+        assert sorted(status["pods"]) == ["10.0.0.180", "10.0.0.181"]
+        assert set(status["programs"].values()) == {"from_pod", "from_eni"}
+    assert await pinger == count
+    assert ping(b, node.box.remote_host_ip) == 3
+
+
+@needs_bcc
+@pytest.mark.bcc
+async def test_eni_detach_and_reattach(node: Node) -> None:
+    dp = await make_datapath("bpf", host_netns=node.box.name)
+    await dp.start([ENI0])
+    await dp.add_eni(ENI1)
+    assert dp.status()["programs"] == {"eth0": "from_eni", "eth1": "from_eni"}
+    await dp.remove_eni(ENI1)
+    await asyncio.to_thread(node.box.detach_eni, ENI1.eni_id)
+    assert dp.status()["programs"] == {"eth0": "from_eni"}
+    assert dp.status()["maps"]["enis"] == 1
+    await asyncio.to_thread(node.box.attach_eni, ENI1)
+    await dp.add_eni(ENI1)
+    pod = node.pod("d", "10.0.0.190", ENI1)
+    await wire(dp, node, pod)
+    assert ping(pod, node.box.remote_host_ip) == 3
+    await dp.close()
+
+
+def test_sandbox_down_removes_everything(node: Node) -> None:
+    box = node.box
+    assert box.exists()
+    box.route_pod(IPv4Address("10.0.0.200"), ENI1)
+    box.unroute_pod(IPv4Address("10.0.0.200"))
+    box.unroute_pod(IPv4Address("10.0.0.200"))
+    box.detach_eni("eni-001")
+    box.down()
+    box.down()
+    assert not os.path.exists(f"/var/run/netns/{box.name}")
+    assert not os.path.exists(f"/var/run/netns/{box.vpc_netns}")
