@@ -77,7 +77,8 @@ def test_conflist_knobs_use_the_vpc_cni_names() -> None:
         }
     ]
     assert TEMPLATE["plugins"][0]["mtu"] == 9001  # the template itself is not modified
-    assert install.render_conflist(TEMPLATE, env | {"POD_MTU": "1400"})["plugins"][0]["mtu"] == 1400
+    pod_mtu: Any = install.render_conflist(TEMPLATE, env | {"POD_MTU": "1400"})
+    assert pod_mtu["plugins"][0]["mtu"] == 1400
     assert install.render_conflist(TEMPLATE, {"AWS_VPC_ENI_MTU": ""}) == TEMPLATE
 
 
@@ -92,6 +93,16 @@ def test_conflist_knobs_use_the_vpc_cni_names() -> None:
 def test_conflist_errors_are_explicit(template: Any, env: dict[str, str], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         install.render_conflist(template, env)
+
+
+def test_install_conflist_reports_a_bad_template(tmp_path: Path) -> None:
+    template = tmp_path / "10-vpcni.conflist"
+    template.write_text("[]")
+    argv = ["conflist", str(template), str(tmp_path / "out.conflist")]
+    assert install.main(argv) == 1
+    template.write_text("{")
+    assert install.main(argv) == 1
+    assert not (tmp_path / "out.conflist").exists()
 
 
 def test_shipped_conflist_is_accepted_by_the_shim() -> None:

@@ -50,7 +50,8 @@ def render_shim(python: str) -> str:
 
 def render_conflist(template: Mapping[str, object], env: Mapping[str, str]) -> dict[str, object]:
     """`template` with the set knobs of `env` applied to its `vpcni` plugin entry."""
-    conflist = json.loads(json.dumps(template))  # a deep copy; the template stays untouched
+    # A deep copy, so the template stays untouched.
+    conflist: dict[str, object] = json.loads(json.dumps(template))
     plugins = conflist.get("plugins")
     entries = [
         p
@@ -65,8 +66,7 @@ def render_conflist(template: Mapping[str, object], env: Mapping[str, str]) -> d
                 entries[0][key] = convert(env[knob])
             except ValueError as exc:
                 raise ValueError(f"{knob}={env[knob]!r}: {exc}") from exc
-    result: dict[str, object] = conflist
-    return result
+    return conflist
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
@@ -99,7 +99,10 @@ def install_shim(dest: Path, python: str) -> None:
 
 def install_conflist(template: Path, dest: Path, env: Mapping[str, str]) -> None:
     """Write the network config rendered from `template` and `env` to `dest`, atomically."""
-    conflist = render_conflist(json.loads(template.read_text(encoding="utf-8")), env)
+    doc = json.loads(template.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict):
+        raise ValueError(f"{template}: a conflist is a JSON object")
+    conflist = render_conflist(doc, env)
     write_atomic(dest, (json.dumps(conflist, indent=2) + "\n").encode(), mode=0o644)
 
 
