@@ -263,6 +263,11 @@ def test_filters_and_terminate() -> None:
     )
     assert model.find_enis({"status": ["available"]}) == [spare]
     assert model.find_enis({"tag:k": ["v*"]}) == [spare]
+    model.create_tags([spare.id], {"odd": "a[1]"})
+    assert model.find_enis({"tag:odd": ["a[1]"]}) == [spare]  # only * and ? are wildcards
+    assert model.find_enis({"attachment.instance-id": ["i-*"]}) == model.find_enis(
+        {"attachment.instance-id": [instance.id]}
+    )
     assert model.find_enis({"tag-key": ["node.k8s.amazonaws.com/*"]}) == [eni]
     with pytest.raises(ApiError):
         model.find_enis({"bogus": ["x"]})

@@ -706,7 +706,8 @@ class Front:
             await asyncio.sleep(decision.hold)
             if request.transport is not None:
                 request.transport.close()
-            raise ApiError("RequestTimeout", "(connection dropped)", status=504)
+            # Never delivered (the connection is gone); only ends the handler.
+            raise ApiError("RequestTimeout", "connection dropped", status=504)
         if decision.delay:
             await asyncio.sleep(decision.delay)
         if decision.fault is Fault.PARTIAL and action == "AttachNetworkInterface":

@@ -11,9 +11,9 @@ thousand instances in a /16 stays cheap.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import random
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -403,9 +403,16 @@ def _check_groups(groups: Iterable[str]) -> None:
             raise ApiError("InvalidGroupId.Malformed", f'Invalid id: "{g}" (expecting "sg-...")')
 
 
+@functools.lru_cache(maxsize=4096)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    # EC2 filters know only * and ? (fnmatch would also read [...] as a character class).
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.DOTALL)
+
+
 def matches(values: Iterable[str], patterns: Sequence[str]) -> bool:
     """EC2 filter semantics: any value matches any pattern; `*` and `?` are wildcards."""
-    return any(fnmatch.fnmatchcase(v, p) for v in values for p in patterns)
+    return any(_pattern(p).fullmatch(v) for v in values for p in patterns)
 
 
 class Ec2Model:
@@ -511,7 +518,15 @@ class Ec2Model:
         self, filters: Mapping[str, Sequence[str]] = {}, ids: Sequence[str] = ()
     ) -> list[Eni]:
         """ENIs matching all `filters` (and among `ids` if given), sorted by id."""
-        pool = [self.eni(i) for i in dict.fromkeys(ids)] if ids else list(self.enis.values())
+        owners = filters.get("attachment.instance-id", ())
+        if ids:
+            pool = [self.eni(i) for i in dict.fromkeys(ids)]
+        elif owners and not any("*" in o or "?" in o for o in owners):
+            # The agent's usual query: go through the instances, not every ENI of the VPC.
+            found = (self.instances.get(o) for o in dict.fromkeys(owners))
+            pool = [self.enis[e] for i in found if i for e in i.enis.values()]
+        else:
+            pool = list(self.enis.values())
         out = [
             e for e in pool if all(matches(eni_filter_values(e, k), v) for k, v in filters.items())
         ]
