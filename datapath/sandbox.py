@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import subprocess
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -66,7 +67,7 @@ class Sandbox:
         """
         for ns in (self.name, self.vpc_netns):
             if not os.path.exists(netns_path(ns)):
-                pyroute2_netns.create(ns)
+                _create_netns(ns)
             with entered(ns):
                 _sysctl("net/ipv6/conf/default/disable_ipv6", "1")
                 _sysctl("net/ipv6/conf/all/disable_ipv6", "1")
@@ -166,6 +167,13 @@ class Sandbox:
     def _require_up(self) -> None:
         if not (self.exists() and os.path.exists(netns_path(self.vpc_netns))):
             raise SandboxError(f"sandbox {self.name} is not up")
+
+
+def _create_netns(name: str) -> None:
+    # iproute2 rather than pyroute2.netns.create, which forks the (threaded) agent.
+    done = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if done.returncode != 0 and not os.path.exists(netns_path(name)):
+        raise SandboxError(f"ip netns add {name}: {done.stderr.strip()}")
 
 
 def _sysctl(name: str, value: str) -> None:

@@ -213,6 +213,7 @@ async def test_pods_on_primary_eni_reach_each_other_and_the_vpc(
     assert ping(a, b.ip) == 3
     assert ping(b, a.ip) == 3
     assert ping(a, node.box.remote_host_ip) == 3
+    assert ping(a, ENI0.primary_ip) == 3  # the node itself: through the kernel in both modes
     assert await datapath.check(a) == []
     if datapath.mode == "bpf":
         pods = datapath.status()["pods"]
@@ -295,6 +296,22 @@ async def test_secondary_eni_table_and_rules_in_kernel_mode(node: Node) -> None:
     assert ping(pod, node.box.remote_host_ip) == 3
     await dp.unwire(pod)
     assert not [r for r in residue(node.box.name)["rules"] if "10.0.0.170" in r]
+    await dp.close()
+
+
+async def test_without_kernel_headers_bpf_falls_back_to_kernel(
+    node: Node, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", str(tmp_path))  # bcc finds no headers there
+    dp = await make_datapath("bpf", host_netns=node.box.name)
+    assert dp.mode == "kernel"
+    assert "no kernel headers" in dp.status()["fallback_reason"]
+    await dp.start([ENI0, ENI1])
+    a, b = node.pod("a", "10.0.0.175"), node.pod("b", "10.0.0.176", ENI1)
+    await wire(dp, node, a)
+    await wire(dp, node, b)
+    assert ping(a, b.ip) == 3
+    assert ping(b, node.box.remote_host_ip) == 3
     await dp.close()
 
 

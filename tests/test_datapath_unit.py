@@ -1,0 +1,100 @@
+"""Datapath pieces that need no root: names, the C/Python mirrors, the factory's choices."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import fields
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from datapath import bpf
+from datapath.factory import make_datapath
+from datapath.port import DatapathError, EniLink, PodNetwork
+from datapath.wiring import Wiring, eni_route_table, host_veth_name, netns_path, subnet_gateway
+
+HEADER = re.sub(r"/\*.*?\*/", "", (bpf.SOURCE_DIR / "vpcni.h").read_text(), flags=re.S)
+ENI = EniLink(
+    eni_id="eni-1",
+    device_number=2,
+    mac="02:00:00:00:00:01",
+    primary=False,
+    primary_ip=IPv4Address("10.0.4.10"),
+    subnet_cidr=IPv4Network("10.0.4.0/22"),
+)
+
+
+def test_host_veth_name_is_the_vpc_cnis() -> None:
+    digest = hashlib.sha1(b"default.nginx-7d9b").hexdigest()
+    assert host_veth_name("eni", "default", "nginx-7d9b") == "eni" + digest[:11]
+    assert len(host_veth_name("eni", "kube-system", "a" * 200)) == 14  # < IFNAMSIZ
+
+
+def test_eni_table_gateway_and_netns_paths() -> None:
+    assert eni_route_table(ENI) == 3
+    assert subnet_gateway(ENI.subnet_cidr) == IPv4Address("10.0.4.1")
+    assert netns_path("node1") == "/var/run/netns/node1"
+    assert netns_path("/proc/42/ns/net") == "/proc/42/ns/net"
+
+
+def _struct_fields(name: str) -> list[str]:
+    body = re.search(rf"struct {name} \{{(.*?)\}};", HEADER, re.S)
+    assert body is not None
+    return [f for f in re.findall(r"(\w+)(?:\[\w+\])?;", body.group(1)) if f != "pad"]
+
+
+@pytest.mark.parametrize(
+    ("c_name", "mirror"),
+    [("endpoint", bpf.Endpoint), ("eni", bpf.Eni), ("counters", bpf.Counters)],
+)
+def test_python_mirrors_the_c_structs(c_name: str, mirror: type) -> None:
+    assert _struct_fields(c_name) == [f.name for f in fields(mirror)]
+
+
+def test_verdicts_mirror_the_header_and_tc() -> None:
+    tc = {"TC_ACT_OK": 0, "TC_ACT_SHOT": 2, "TC_ACT_REDIRECT": 7}  # uapi/linux/pkt_cls.h
+    pairs = dict(re.findall(r"VPCNI_(\w+) = (TC_ACT_\w+)", HEADER))
+    assert {name: tc[act] for name, act in pairs.items()} == {v.name: v.value for v in bpf.Verdict}
+
+
+def test_every_hook_has_a_source_file_and_one_translation_unit() -> None:
+    text = bpf.source_text()
+    for hook in bpf.HOOKS:
+        assert Path(bpf.SOURCE_DIR / f"{hook}.c").exists()
+        assert f"int {hook}(struct __sk_buff *skb)" in text
+    assert '#include "vpcni.h"' not in text
+
+
+def test_pins_are_per_host_netns() -> None:
+    assert bpf.pin_dir(None) == "/sys/fs/bpf/vpcni"
+    assert bpf.pin_dir("node1") == "/sys/fs/bpf/vpcni/netns/node1"
+    flags = bpf.cflags("node1", 128)
+    assert '-DVPCNI_PIN_DIR="/sys/fs/bpf/vpcni/netns/node1"' in flags
+    assert "-DVPCNI_MAX_ENDPOINTS=128" in flags
+
+
+def test_missing_pod_netns_is_a_clear_error() -> None:
+    pod = PodNetwork(
+        container_id="c",
+        netns="/var/run/netns/vpcni-test-no-such-netns",
+        ifname="eth0",
+        pod_namespace="default",
+        pod_name="p",
+        ip=IPv4Address("10.0.4.20"),
+        eni=ENI,
+    )
+    with pytest.raises(DatapathError) as err:
+        Wiring(None).wire_pod(pod, rules=False)
+    assert err.value.missing_netns
+
+
+async def test_factory_modes() -> None:
+    assert (await make_datapath("none", host_netns=None)).mode == "none"
+    kernel = await make_datapath("kernel", host_netns="node1")
+    assert kernel.mode == "kernel"
+    assert kernel.status()["fallback_reason"] is None
+    await kernel.close()
+    with pytest.raises(ValueError, match="unknown datapath mode"):
+        await make_datapath("ebpf", host_netns=None)
