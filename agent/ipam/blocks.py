@@ -20,6 +20,17 @@ class CidrBlock:
     assigned: int = 0  # bitmap of addresses leased to pods
     reserved: int = 0  # bitmap of addresses never given to pods (an ENI primary IP inside)
     cooling: dict[int, float] = field(default_factory=dict)  # bit → cool-until
+    # Derived from `cidr` once: the allocator reads them on every ADD.
+    base: int = field(init=False)
+    size: int = field(init=False)
+    full_mask: int = field(init=False)
+    is_prefix: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base = int(self.cidr.network_address)
+        self.size = self.cidr.num_addresses
+        self.full_mask = (1 << self.size) - 1
+        self.is_prefix = self.cidr.prefixlen == 28
 
     @classmethod
     def parse(cls, text: str, *, reserve: IPv4Address | None = None) -> CidrBlock:
@@ -31,22 +42,6 @@ class CidrBlock:
         if reserve is not None and reserve in net:
             block.reserved = 1 << block.index(reserve)
         return block
-
-    @property
-    def is_prefix(self) -> bool:
-        return self.cidr.prefixlen == 28
-
-    @property
-    def size(self) -> int:
-        return self.cidr.num_addresses
-
-    @property
-    def base(self) -> int:
-        return int(self.cidr.network_address)
-
-    @property
-    def full_mask(self) -> int:
-        return (1 << self.size) - 1
 
     @property
     def capacity(self) -> int:
@@ -69,6 +64,8 @@ class CidrBlock:
 
     def cooling_mask(self, now: float) -> int:
         """Bitmap of addresses still cooling at `now`; forgets the ones that have cooled."""
+        if not self.cooling:
+            return 0
         mask = 0
         for bit, until in list(self.cooling.items()):
             if until > now:
@@ -83,6 +80,10 @@ class CidrBlock:
     def unleased(self) -> int:
         """Addresses not leased (cooling ones included): what pool maths calls available."""
         return self.capacity - self.assigned_count
+
+    def is_taken(self) -> bool:
+        """Every address is leased or reserved (cooling aside): nothing to hand out."""
+        return (self.assigned | self.reserved) == self.full_mask
 
     def is_full(self, now: float) -> bool:
         """No address can be handed out right now."""

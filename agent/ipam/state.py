@@ -147,6 +147,10 @@ class NodeState:
         """ENIs whose blocks may go to pods (not the primary under custom networking)."""
         return [e for e in self.enis.values() if not (self.custom_networking and e.primary)]
 
+    def _block_of(self, lease: Lease) -> CidrBlock | None:
+        eni = self.enis.get(lease.eni_id)
+        return None if eni is None else eni.blocks.get(lease.cidr)
+
     def find_block(self, ip: IPv4Address) -> tuple[Eni, CidrBlock] | None:
         for eni in self.enis.values():
             for block in eni.blocks.values():
@@ -198,11 +202,13 @@ class NodeState:
         best: tuple[tuple[bool, int, int], Eni, CidrBlock, int] | None = None
         for eni in self.pod_enis():
             for block in eni.blocks.values():
-                bit = block.lowest_free(now)
-                if bit is None:
+                if block.is_taken():
                     continue
                 rank = (block.is_prefix != prefer_prefixes, -block.assigned_count, block.base)
-                if best is None or rank < best[0]:
+                if best is not None and rank >= best[0]:
+                    continue  # cheap rank first: only a better block is worth a bitmap scan
+                bit = block.lowest_free(now)
+                if bit is not None:
                     best = (rank, eni, block, bit)
         if best is None:
             return None
@@ -226,9 +232,8 @@ class NodeState:
         if lease is None:
             return None
         del self._by_ip[lease.ip]
-        found = self.find_block(lease.ip)
-        if found is not None:
-            _, block = found
+        block = self._block_of(lease)
+        if block is not None:
             block.give_back(block.index(lease.ip), cool_until=now + cooldown)
         return lease
 
