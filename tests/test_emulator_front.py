@@ -13,16 +13,19 @@ import urllib.request
 from collections.abc import Iterator
 from ipaddress import IPv4Network
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.cloud import emulator
 from agent.cloud.emulator.chaos import BucketSpec
+from agent.cloud.emulator.front import ACTIONS
 
 NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 
@@ -508,3 +511,83 @@ def test_cli_serve_prints_urls_and_stops_on_ctrl_c() -> None:
     assert "t3.large" in lines[2]
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=10) == 130
+
+
+FUZZ_KEYS = [
+    "SubnetId", "SubnetId.1", "NetworkInterfaceId", "NetworkInterfaceId.1", "InstanceId",
+    "InstanceId.1", "InstanceType.1", "AttachmentId", "DeviceIndex", "PrivateIpAddress",
+    "PrivateIpAddress.1", "PrivateIpAddress.2", "Ipv4Prefix.1", "Ipv4Prefix.1.Ipv4Prefix",
+    "Ipv4PrefixCount", "SecondaryPrivateIpAddressCount", "AllowReassignment",
+    "PrivateIpAddresses.1.PrivateIpAddress", "PrivateIpAddresses.1.Primary", "Filter.1.Name",
+    "Filter.1.Value.1", "Filter.2.Name", "MaxResults", "NextToken", "Attachment.AttachmentId",
+    "Attachment.DeleteOnTermination", "Description", "Description.Value", "SecurityGroupId.1",
+    "SourceDestCheck.Value", "ResourceId.1", "Tag.1.Key", "Tag.1.Value", "Cidr",
+    "ReservationType", "SubnetCidrReservationId", "TagSpecification.1.ResourceType",
+    "TagSpecification.1.Tag.1.Key", "NetworkCardIndex", "Attachment",
+]  # fmt: skip
+FUZZ_VALUES = [
+    "", "x", "1", "0", "-1", "3", "16", "99999999999999999999", "true", "false", "*",
+    "10.0.0.50", "10.0.0.4", "10.0.1.0/28", "10.0.1.3/28", "10.0.0.0/33", "10.0.8.0/24",
+    "prefix", "explicit", "network-interface", "status", "tag:k", "attachment.instance-id",
+    "sg-1", "eni-0000000000000000f", "available",
+]  # fmt: skip
+
+FUZZ_REQUIRED = {
+    "AssignPrivateIpAddresses": ("NetworkInterfaceId",),
+    "AttachNetworkInterface": ("NetworkInterfaceId", "InstanceId", "DeviceIndex"),
+    "CreateNetworkInterface": ("SubnetId",),
+    "CreateSubnetCidrReservation": ("SubnetId", "Cidr", "ReservationType"),
+    "CreateTags": ("ResourceId.1", "Tag.1.Key"),
+    "DeleteNetworkInterface": ("NetworkInterfaceId",),
+    "DeleteSubnetCidrReservation": ("SubnetCidrReservationId",),
+    "DetachNetworkInterface": ("AttachmentId",),
+    "GetSubnetCidrReservations": ("SubnetId",),
+    "ModifyNetworkInterfaceAttribute": ("NetworkInterfaceId",),
+    "UnassignPrivateIpAddresses": ("NetworkInterfaceId",),
+}
+
+
+def test_fuzzed_requests_never_break_the_server() -> None:
+    buckets = {k: BucketSpec(1e9, 1e9) for k in ("mutating", "describe", "unfiltered")}
+    with emulator.start_in_thread(buckets=buckets, subnet_cidr="10.0.0.0/24") as cloud:
+        eni = cloud.model.primary_eni(cloud.model.instance(cloud.instance_id))
+        spare = cloud.model.create_eni(subnet_id=eni.subnet_id, now=0.0)
+        assert eni.attachment is not None
+        # Real ids for id-like keys most of the time, so requests get past validation.
+        ids = {
+            "NetworkInterfaceId": [eni.id, spare.id],
+            "ResourceId": [eni.id, spare.id, eni.subnet_id],
+            "SubnetId": [eni.subnet_id],
+            "InstanceId": [cloud.instance_id],
+            "AttachmentId": [eni.attachment.id],
+        }
+
+        def values(key: str) -> st.SearchStrategy[tuple[str, str]]:
+            real = next((v for k, v in ids.items() if key.startswith(k)), [])
+            pool = st.sampled_from(real) if real else st.nothing()
+            return st.tuples(st.just(key), pool | pool | st.sampled_from(FUZZ_VALUES))
+
+        extras = st.lists(st.sampled_from(FUZZ_KEYS).flatmap(values), max_size=6).map(dict)
+        answered: list[tuple[str, int]] = []
+
+        @settings(
+            max_examples=200,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(data=st.data(), action=st.sampled_from(sorted(ACTIONS)))
+        def one(data: st.DataObject, action: str) -> None:
+            required = FUZZ_REQUIRED.get(action, ())
+            body = {"Action": action}
+            for key in required:
+                body.update([data.draw(values(key))])
+            body.update(data.draw(extras))
+            status, text = post(cloud.ec2_url, urlencode(body).encode())
+            assert status in (200, 400), (body, text)
+            answered.append((action, status))
+
+        one()
+        # the fuzz reached the model, not just parameter validation
+        assert sum(1 for a, s in answered if s == 200 and a in FUZZ_REQUIRED) >= 10
+        assert post(cloud.ec2_url, b"Action=DescribeSubnets")[0] == 200
