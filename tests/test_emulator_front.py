@@ -477,9 +477,13 @@ def test_binds_only_loopback(cloud: emulator.SimCloud) -> None:
             emulator.start_in_thread(host=host)
 
 
-def test_start_errors_surface_in_the_caller() -> None:
+def test_start_errors_surface_in_the_caller(cloud: emulator.SimCloud) -> None:
     with pytest.raises(Exception, match="unknown instance type"):
         emulator.start_in_thread(instance_type="m5.hyuge")
+    with pytest.raises(ValueError, match="fault rule"):
+        emulator.start_in_thread(faults="Attach:boom")
+    with pytest.raises(OSError):
+        emulator.start_in_thread(port=urlsplit(cloud.ec2_url).port or 0)
 
 
 def test_cli_serve_prints_urls_and_stops_on_ctrl_c() -> None:

@@ -116,8 +116,11 @@ async def start(
     front = Front(model, chaos, imds_instance_id=instance.id)
     runner = web.AppRunner(front.app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     bound_host, bound_port = runner.addresses[0][:2]
     return AsyncSimCloud(
         runner=runner,

@@ -7,7 +7,6 @@ import asyncio
 import sys
 
 from agent.cloud import emulator
-from agent.cloud.emulator.chaos import parse_faults
 from agent.cloud.emulator.model import ApiError
 
 
@@ -45,7 +44,6 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     """Start the emulator, print its URLs, and serve until interrupted."""
     try:
-        parse_faults(args.faults)
         cloud = emulator.start_in_thread(
             instance_type=args.instance_type,
             subnet_cidr=args.subnet_cidr,

@@ -348,9 +348,11 @@ class AttachListener(Protocol):
     Keep it quick: the emulator's HTTP front calls the model from its own event loop.
     """
 
-    def on_attach(self, instance_id: str, eni: Eni) -> None: ...
+    def on_attach(self, instance_id: str, eni: Eni) -> None:
+        """`eni` (its attachment set) was just attached to `instance_id`."""
 
-    def on_detach(self, instance_id: str, eni: Eni) -> None: ...
+    def on_detach(self, instance_id: str, eni: Eni) -> None:
+        """`eni` (attachment already cleared) was just detached from `instance_id`."""
 
 
 @dataclass(frozen=True, slots=True)
