@@ -332,6 +332,18 @@ def test_account_token_bucket_throttles_and_retries_recover() -> None:
         assert response["ResponseMetadata"]["RetryAttempts"] >= 1
 
 
+def test_unfiltered_describes_draw_from_the_smaller_bucket() -> None:
+    with emulator.start_in_thread(buckets={"unfiltered": BucketSpec(2, 0.001)}) as cloud:
+        ec2 = ec2_client(cloud)
+        subnet_id = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+        ec2.describe_network_interfaces()
+        with pytest.raises(ClientError) as err:
+            ec2.describe_subnets()
+        assert code_of(err) == ("RequestLimitExceeded", 503)
+        assert ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
+        assert ec2.describe_subnets(MaxResults=5)["Subnets"]
+
+
 def test_injected_faults(cloud: emulator.SimCloud, ec2: Any) -> None:
     eni_id = new_eni(ec2, cloud)
     cloud.chaos.set_faults("AssignPrivateIpAddresses:throttle=1")

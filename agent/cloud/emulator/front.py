@@ -693,10 +693,8 @@ class Front:
                 "InvalidAction", f"The action {action} is not valid for this web service."
             )
         params = codec.decode_params(action, form)
-        unfiltered = not any(
-            k in params
-            for k in ("Filters", "MaxResults", "NetworkInterfaceIds", "InstanceIds", "SubnetIds")
-        )
+        # "Unfiltered and unpaginated": nothing narrows the call down (ids, filters, MaxResults).
+        unfiltered = not params.keys() - {"NextToken", "DryRun"}
         decision = self.chaos.decide(action, now=self.monotonic(), unfiltered=unfiltered)
         if decision.fault is Fault.THROTTLE:
             raise ApiError("RequestLimitExceeded", "Request limit exceeded.", status=503)
