@@ -136,9 +136,19 @@ def link_exists(ipr: Any, index: int) -> bool:
     return True
 
 
+def _get_link(ipr: Any, ifname: str) -> Any | None:
+    # One RTM_GETLINK by name: link_lookup() dumps every link, which grows with the pods.
+    try:
+        return ipr.link("get", ifname=ifname)[0]
+    except NetlinkError as e:
+        if e.code in _GONE:
+            return None
+        raise
+
+
 def _link_index(ipr: Any, ifname: str) -> int | None:
-    found: list[int] = ipr.link_lookup(ifname=ifname)
-    return found[0] if found else None
+    link = _get_link(ipr, ifname)
+    return None if link is None else int(link["index"])
 
 
 def _link_attr(ipr: Any, index: int, attr: str) -> Any:
@@ -254,11 +264,10 @@ class Wiring:
     def _wire(
         self, pod: PodNetwork, host_veth: str, pod_fd: int, *, rules: bool, finish: Finish | None
     ) -> WiredPod:
-        with netlink(pod.netns) as pipr:
+        with netlink(pod.netns) as pipr, netlink(self.host_netns) as ipr:
             stale = _link_index(pipr, pod.ifname)
             if stale is not None:
                 pipr.link("del", index=stale)
-        with netlink(self.host_netns) as ipr:
             old = _link_index(ipr, host_veth)
             if old is not None:
                 ipr.link("del", index=old)
@@ -267,29 +276,26 @@ class Wiring:
                 ifname=host_veth,
                 kind="veth",
                 mtu=pod.mtu,
+                state="up",
                 peer={"ifname": pod.ifname, "net_ns_fd": pod_fd, "mtu": pod.mtu},
             )
-            host_index = _link_index(ipr, host_veth)
-            if host_index is None:
-                raise DatapathError(f"{host_veth} vanished right after creation")
-            ipr.link("set", index=host_index, state="up")
-            host_mac = str(_link_attr(ipr, host_index, "IFLA_ADDRESS"))
-            with netlink(pod.netns) as pipr:
-                pod_index = _link_index(pipr, pod.ifname)
-                if pod_index is None:
-                    raise DatapathError(f"{pod.ifname} did not appear in {pod.netns}")
-                pipr.link("set", index=pod_index, state="up")
-                pipr.addr("replace", index=pod_index, address=str(pod.ip), prefixlen=32)
-                pipr.route("replace", dst=f"{POD_GATEWAY}/32", oif=pod_index, scope=_SCOPE_LINK)
-                pipr.route("replace", dst="0.0.0.0/0", gateway=str(POD_GATEWAY), oif=pod_index)
-                pipr.neigh(
-                    "replace",
-                    dst=str(POD_GATEWAY),
-                    lladdr=host_mac,
-                    ifindex=pod_index,
-                    state=_NUD_PERMANENT,
-                )
-                pod_mac = str(_link_attr(pipr, pod_index, "IFLA_ADDRESS"))
+            host_link = _get_link(ipr, host_veth)
+            pod_link = _get_link(pipr, pod.ifname)
+            if host_link is None or pod_link is None:
+                raise DatapathError(f"veth {host_veth}/{pod.ifname} vanished right after creation")
+            host_index, host_mac = int(host_link["index"]), str(host_link.get("IFLA_ADDRESS"))
+            pod_index, pod_mac = int(pod_link["index"]), str(pod_link.get("IFLA_ADDRESS"))
+            pipr.link("set", index=pod_index, state="up")
+            pipr.addr("replace", index=pod_index, address=str(pod.ip), prefixlen=32)
+            pipr.route("replace", dst=f"{POD_GATEWAY}/32", oif=pod_index, scope=_SCOPE_LINK)
+            pipr.route("replace", dst="0.0.0.0/0", gateway=str(POD_GATEWAY), oif=pod_index)
+            pipr.neigh(
+                "replace",
+                dst=str(POD_GATEWAY),
+                lladdr=host_mac,
+                ifindex=pod_index,
+                state=_NUD_PERMANENT,
+            )
             ipr.route("replace", dst=f"{pod.ip}/32", oif=host_index, scope=_SCOPE_LINK)
             if rules:
                 self._add_rules(ipr, pod)
