@@ -759,7 +759,7 @@ class Ec2Model:
         eni = self.eni(eni_id)
         instance = self.instance(instance_id)
         if eni.attachment:
-            raise ApiError("InvalidParameterValue", f"Interface: [{eni_id}] in use.", status=400)
+            raise ApiError("InvalidParameterValue", f"Interface: [{eni_id}] in use.")
         if len(instance.enis) >= instance.type.max_enis:
             raise ApiError(
                 "AttachmentLimitExceeded",
