@@ -70,7 +70,7 @@ class _NodeDatapath:
     def _eni_status(self) -> dict[str, Any]:
         return {
             eni_id: {"ifindex": d.ifindex, "ifname": d.ifname, "gateway": str(d.gateway)}
-            for eni_id, d in self._enis.items()
+            for eni_id, d in list(self._enis.items())  # workers may add one meanwhile
         }
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from datapath.port import DatapathError, EniLink, PodNetwork, WiredPod
 
+log = logging.getLogger(__name__)
 # The pod's only neighbour: a link-local "gateway" answered by a permanent ARP entry that points
 # at the host veth's MAC, exactly like the VPC CNI, so pods never ARP for real addresses.
 POD_GATEWAY = IPv4Address("169.254.1.1")
@@ -151,16 +153,12 @@ def _link_index(ipr: Any, ifname: str) -> int | None:
     return None if link is None else int(link["index"])
 
 
-def _link_attr(ipr: Any, index: int, attr: str) -> Any:
-    return ipr.link("get", index=index)[0].get(attr)
-
-
-def find_link_by_mac(ipr: Any, mac: str) -> int | None:
-    """Ifindex of the interface with this MAC in the socket's netns (ENIs are found by MAC)."""
+def find_link_by_mac(ipr: Any, mac: str) -> Any | None:
+    """The interface with this MAC in the socket's netns (ENIs are found by MAC)."""
     wanted = mac.lower()
     for link in ipr.link("dump"):
-        if (link.get("address") or "").lower() == wanted:
-            return int(link["index"])
+        if (link.get("IFLA_ADDRESS") or "").lower() == wanted:
+            return link
     return None
 
 
@@ -198,11 +196,11 @@ class Wiring:
         """
         gateway = subnet_gateway(eni.subnet_cidr)
         with netlink(self.host_netns) as ipr:
-            index = find_link_by_mac(ipr, eni.mac)
-            if index is None:
+            link = find_link_by_mac(ipr, eni.mac)
+            if link is None:
                 raise DatapathError(f"ENI {eni.eni_id} ({eni.mac}) is not on this node")
+            index, ifname = int(link["index"]), str(link.get("IFLA_IFNAME"))
             ipr.link("set", index=index, state="up")
-            ifname = str(_link_attr(ipr, index, "IFLA_IFNAME"))
             if eni.primary:
                 return EniDevice(index, ifname, gateway)
             ipr.link("set", index=index, mtu=self.eni_mtu)
@@ -252,11 +250,13 @@ class Wiring:
             raise DatapathError(f"pod netns {pod.netns} does not exist", missing_netns=True) from e
         try:
             return self._wire(pod, host_veth, pod_fd, rules=rules, finish=finish)
-        except DatapathError:
-            self.unwire_pod(pod)
-            raise
-        except (NetlinkError, OSError) as e:
-            self.unwire_pod(pod)
+        except Exception as e:  # any failure, bcc's bare Exceptions included, is rolled back
+            try:
+                self.unwire_pod(pod)
+            except DatapathError:
+                log.exception("rolling back %s/%s", pod.pod_namespace, pod.pod_name)
+            if isinstance(e, DatapathError):
+                raise
             raise DatapathError(f"wiring {pod.pod_namespace}/{pod.pod_name}: {e}") from e
         finally:
             os.close(pod_fd)
@@ -337,22 +337,16 @@ class Wiring:
         except NetlinkError as e:
             raise DatapathError(f"unwiring {pod.pod_namespace}/{pod.pod_name}: {e}") from e
 
-    def host_link(self, pod: PodNetwork) -> int | None:
-        """Ifindex of the pod's host veth, if it exists."""
-        host_veth = host_veth_name(pod.veth_prefix, pod.pod_namespace, pod.pod_name)
-        with netlink(self.host_netns) as ipr:
-            return _link_index(ipr, host_veth)
-
     def check_pod(self, pod: PodNetwork, *, rules: bool) -> list[str]:
         """Differences between the pod's wiring and what `wire_pod` leaves behind."""
         host_veth = host_veth_name(pod.veth_prefix, pod.pod_namespace, pod.pod_name)
         problems: list[str] = []
         with netlink(self.host_netns) as ipr:
-            index = _link_index(ipr, host_veth)
-            if index is None:
+            link = _get_link(ipr, host_veth)
+            if link is None:
                 return [f"host veth {host_veth} is missing"]
-            host_mac = str(_link_attr(ipr, index, "IFLA_ADDRESS"))
-            if not _link_attr_flags(ipr, index) & _IFF_UP:
+            index, host_mac = int(link["index"]), str(link.get("IFLA_ADDRESS"))
+            if not link["flags"] & _IFF_UP:
                 problems.append(f"host veth {host_veth} is down")
             routes = ipr.route("get", dst=str(pod.ip))
             if not routes or routes[0].get("RTA_OIF") != index:
@@ -389,10 +383,6 @@ def _check_pod_side(ipr: Any, pod: PodNetwork, host_mac: str) -> list[str]:
     ):
         problems.append(f"no permanent neighbour {POD_GATEWAY} -> {host_mac}")
     return problems
-
-
-def _link_attr_flags(ipr: Any, index: int) -> int:
-    return int(ipr.link("get", index=index)[0]["flags"])
 
 
 def _pod_rules(pod: PodNetwork) -> list[dict[str, Any]]:

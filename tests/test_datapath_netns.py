@@ -296,6 +296,8 @@ async def test_secondary_eni_table_and_rules_in_kernel_mode(node: Node) -> None:
     assert ping(pod, node.box.remote_host_ip) == 3
     await dp.unwire(pod)
     assert not [r for r in residue(node.box.name)["rules"] if "10.0.0.170" in r]
+    await dp.remove_eni(ENI1)
+    assert not [r for r in residue(node.box.name)["routes"] if "table 2" in r]
     await dp.close()
 
 
