@@ -43,13 +43,10 @@ def max_pods(
 ) -> int:
     """Max pods as the EKS calculator computes it, including its 110/250 cap unless
     `show_max_allowed`."""
+    version = parse_version(cni_version)  # always: a bad version is an error with any flags
     enis = usable_enis(instance, max_eni=max_eni, custom_networking=custom_networking)
     slots = instance.slots_per_eni
-    if (
-        prefix_delegation
-        and instance.supports_prefixes
-        and parse_version(cni_version) >= PREFIX_DELEGATION_MIN_CNI
-    ):
+    if prefix_delegation and instance.supports_prefixes and version >= PREFIX_DELEGATION_MIN_CNI:
         pods = enis * slots * IPS_PER_PREFIX + HOST_NETWORK_PODS
     else:
         pods = enis * slots + HOST_NETWORK_PODS
