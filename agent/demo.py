@@ -25,7 +25,8 @@ from rich.console import Console
 from agent.cni.install import install_shim
 from agent.introspect_cli import fetch, render
 
-console = Console()
+# Wide enough for ENI ids and reasons even when stdout is not a terminal (CI logs, pipes).
+console = Console(width=max(Console().width, 150))
 SANDBOX = "vpcni-demo"
 
 
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             ping = netns_exec(f"{SANDBOX}-{first}", "ping", "-c", "2", "-W", "1", added[second])
             ok = "[green]ok[/]" if ping.returncode == 0 else "[red]FAILED[/]"
             console.print(f"ping {first} ({added[first]}) → {second} ({added[second]}): {ok}")
-            remote = datapath.get("remote_host_ip") or "10.0.0.2"
+            remote = datapath["remote_host_ip"]
             ping = netns_exec(f"{SANDBOX}-{first}", "ping", "-c", "2", "-W", "1", str(remote))
             ok = "[green]ok[/]" if ping.returncode == 0 else "[red]FAILED[/]"
             console.print(f"ping {first} → VPC host {remote}: {ok}")

@@ -97,7 +97,11 @@ class SandboxedDatapath:
         return await self.inner.check(pod)
 
     def status(self) -> Mapping[str, Any]:
-        return {**self.inner.status(), "sandbox": self.sandbox.name}
+        return {
+            **self.inner.status(),
+            "sandbox": self.sandbox.name,
+            "remote_host_ip": str(self.sandbox.remote_host_ip),
+        }
 
     async def close(self) -> None:
         await self.inner.close()
