@@ -211,6 +211,13 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     """Parse flags and env into Settings; SettingsError on the first bad value."""
     args = parser(env).parse_args(argv)
     e = _Env(env)
+    # argparse checks `choices` only for values given as flags, not for env-derived defaults.
+    for var, value, choices in (
+        ("VPCNI_CLOUD", args.cloud, ("aws", "sim")),
+        ("VPCNI_DATAPATH", args.datapath, ("bpf", "kernel", "none")),
+    ):
+        if value not in choices:
+            raise SettingsError(f"{var}={value!r}: expected one of {', '.join(choices)}")
     sim = SimSettings(
         instance_type=args.sim_instance_type,
         subnet_cidr=_cidr("--sim-subnet-cidr", args.sim_subnet_cidr),
@@ -248,7 +255,9 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         introspection=None
         if e.flag("DISABLE_INTROSPECTION", False)
         else _address("INTROSPECTION_BIND_ADDRESS", args.introspection),
-        metrics=None if e.flag("DISABLE_METRICS", False) else _address("--metrics", args.metrics),
+        metrics=None
+        if e.flag("DISABLE_METRICS", False)
+        else _address("VPCNI_METRICS_BIND_ADDRESS", args.metrics),
         log_level="WARNING" if log_level == "WARN" else log_level,
         mtu=mtu,
         pod_mtu=e.integer("POD_MTU", mtu, lo=576, hi=9001),
