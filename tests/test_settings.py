@@ -1,0 +1,268 @@
+"""Settings from flags and env: the VPC CNI names and defaults; errors say what is wrong."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from agent.ipam.planner import PoolSettings
+from agent.settings import Settings, SettingsError, SimSettings, load, pool_settings
+
+SIM = {"VPCNI_CLOUD": "sim"}
+
+
+def test_pool_defaults_are_the_vpc_cni_defaults() -> None:
+    pool = pool_settings({})
+    assert pool == PoolSettings()
+    assert pool == PoolSettings(
+        prefix_delegation=False,
+        warm_eni_target=1,
+        warm_ip_target=None,
+        minimum_ip_target=None,
+        warm_prefix_target=0,
+        max_eni=-1,
+        ip_cooldown_period=30.0,
+        custom_networking=False,
+        prefix_fallback=True,
+    )
+
+
+def test_load_defaults() -> None:
+    s = load([], {})
+    assert s.pool == PoolSettings()
+    assert s.cloud == "aws" and s.sim == SimSettings()
+    assert s.socket == Path("/run/vpcni/agent.sock")
+    assert s.state_dir == Path("/var/run/vpcni")
+    assert s.checkpoint_path == Path("/var/run/vpcni/ipam.json")
+    assert s.datapath == "bpf" and s.host_netns is None
+    assert s.introspection == "127.0.0.1:61679"
+    assert s.metrics == "0.0.0.0:61678"
+    assert s.log_level == "INFO"
+    assert (s.mtu, s.pod_mtu) == (9001, 9001)
+    assert s.veth_prefix == "eni"
+    assert s.additional_eni_tags == {}
+    assert s.leaked_eni_cleanup is True
+    assert s.eni_config is None
+    # the dataclass defaults agree with what load() gives, bar address normalisation
+    assert Settings().mtu == s.mtu and Settings().pool == s.pool
+
+
+def test_every_vpc_cni_pool_name() -> None:
+    pool = pool_settings(
+        {
+            "ENABLE_PREFIX_DELEGATION": "true",
+            "WARM_ENI_TARGET": "2",
+            "WARM_IP_TARGET": "5",
+            "MINIMUM_IP_TARGET": "30",
+            "WARM_PREFIX_TARGET": "1",
+            "MAX_ENI": "4",
+            "IP_COOLDOWN_PERIOD": "12.5",
+            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG": "TRUE",
+            "VPCNI_PREFIX_FALLBACK": "false",
+        }
+    )
+    assert pool == PoolSettings(
+        prefix_delegation=True,
+        warm_eni_target=2,
+        warm_ip_target=5,
+        minimum_ip_target=30,
+        warm_prefix_target=1,
+        max_eni=4,
+        ip_cooldown_period=12.5,
+        custom_networking=True,
+        prefix_fallback=False,
+    )
+
+
+def test_every_agent_env_name(tmp_path: Path) -> None:
+    eni_config = tmp_path / "eniconfig.json"
+    s = load(
+        [],
+        {
+            "VPCNI_CLOUD": "aws",
+            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG": "true",
+            "VPCNI_ENI_CONFIG": str(eni_config),
+            "AWS_VPC_ENI_MTU": "1500",
+            "POD_MTU": "1400",
+            "AWS_VPC_K8S_CNI_VETHPREFIX": "pod",
+            "AWS_VPC_K8S_CNI_LOGLEVEL": "warn",
+            "AWS_VPC_K8S_CNI_BACKING_STORE": str(tmp_path / "ckpt.json"),
+            "INTROSPECTION_BIND_ADDRESS": "127.0.0.1:7000",
+            "VPCNI_METRICS_BIND_ADDRESS": "10.1.2.3:9100",
+            "CLUSTER_NAME": "prod",
+            "ADDITIONAL_ENI_TAGS": '{"team": "net", "env": "prod"}',
+            "DISABLE_LEAKED_ENI_CLEANUP": "true",
+            "VPCNI_SOCKET": str(tmp_path / "agent.sock"),
+            "VPCNI_STATE_DIR": str(tmp_path),
+            "VPCNI_DATAPATH": "kernel",
+            "VPCNI_HOST_NETNS": "node-a",
+            "VPCNI_ADD_WAIT_MS": "250",
+            "VPCNI_POOL_PERIOD": "0.5",
+            "VPCNI_EC2_QPS": "20",
+            "VPCNI_EC2_BURST": "40",
+        },
+    )
+    assert s.pool.custom_networking and s.eni_config == eni_config
+    assert (s.mtu, s.pod_mtu) == (1500, 1400)
+    assert s.veth_prefix == "pod"
+    assert s.log_level == "WARNING"
+    assert s.checkpoint_path == tmp_path / "ckpt.json"
+    assert s.introspection == "127.0.0.1:7000"
+    assert s.metrics == "10.1.2.3:9100"
+    assert s.cluster_name == "prod"
+    assert s.additional_eni_tags == {"team": "net", "env": "prod"}
+    assert s.leaked_eni_cleanup is False
+    assert s.socket == tmp_path / "agent.sock" and s.state_dir == tmp_path
+    assert s.datapath == "kernel" and s.host_netns == "node-a"
+    assert s.add_wait_ms == 250 and s.pool_period == 0.5
+    assert s.ec2_qps == 20.0 and s.ec2_burst == 40
+
+
+def test_pod_mtu_defaults_to_the_eni_mtu() -> None:
+    assert load([], {"AWS_VPC_ENI_MTU": "1500"}).pod_mtu == 1500
+
+
+def test_disable_introspection_and_metrics() -> None:
+    s = load([], {"DISABLE_INTROSPECTION": "true", "DISABLE_METRICS": "1"})
+    assert s.introspection is None and s.metrics is None
+
+
+def test_flags_override_env() -> None:
+    s = load(
+        ["--cloud", "sim", "--sim-instance-type", "c5.large", "--sim-seed", "7", "--metrics", ":1"],
+        {"VPCNI_CLOUD": "aws", "VPCNI_SIM_INSTANCE_TYPE": "m5.large"},
+    )
+    assert s.cloud == "sim"
+    assert s.sim.instance_type == "c5.large" and s.sim.seed == 7
+    assert s.metrics == "0.0.0.0:1"
+
+
+def test_sim_settings_from_env() -> None:
+    s = load(
+        [],
+        SIM
+        | {
+            "VPCNI_SIM_SUBNET_CIDR": "10.9.0.0/24",
+            "VPCNI_SIM_FRAGMENTATION": "0.5",
+            "VPCNI_SIM_LATENCY_SCALE": "2",
+            "VPCNI_SIM_FAULTS": "assign:0.1",
+            "VPCNI_SIM_SEED": "42",
+        },
+    )
+    assert s.sim == SimSettings(
+        instance_type="m5.large",
+        subnet_cidr="10.9.0.0/24",
+        fragmentation=0.5,
+        latency_scale=2.0,
+        faults="assign:0.1",
+        seed=42,
+    )
+
+
+def test_blank_values_mean_unset() -> None:
+    assert pool_settings({"WARM_IP_TARGET": "", "MAX_ENI": "  "}) == PoolSettings()
+
+
+def test_custom_networking_on_aws_needs_an_eni_config() -> None:
+    with pytest.raises(SettingsError, match="VPCNI_ENI_CONFIG"):
+        load([], {"AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG": "true"})
+    assert load([], SIM | {"AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG": "true"}).pool.custom_networking
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepts"),
+    [
+        ("WARM_IP_TARGET", "abc", "[0, 65535]"),
+        ("WARM_IP_TARGET", "-1", "[0, 65535]"),
+        ("WARM_IP_TARGET", "1.5", "[0, 65535]"),
+        ("MINIMUM_IP_TARGET", "-3", "[0, 65535]"),
+        ("WARM_ENI_TARGET", "-1", "[0, 64]"),
+        ("WARM_PREFIX_TARGET", "x", "[0, 1024]"),
+        ("MAX_ENI", "-2", "[-1, 128]"),
+        ("IP_COOLDOWN_PERIOD", "-1", "[0, 86400]"),
+        ("IP_COOLDOWN_PERIOD", "nan", "[0, 86400]"),
+        ("IP_COOLDOWN_PERIOD", "soon", "[0, 86400]"),
+        ("ENABLE_PREFIX_DELEGATION", "maybe", "true or false"),
+        ("VPCNI_PREFIX_FALLBACK", "2", "true or false"),
+        ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "on", "true or false"),
+    ],
+)
+def test_bad_pool_values_name_the_variable_and_range(name: str, value: str, accepts: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        pool_settings({name: value})
+    message = str(info.value)
+    assert name in message and repr(value) in message and accepts in message
+    # load() fails start-up the same way
+    with pytest.raises(SettingsError, match=re.escape(name)):
+        load([], SIM | {name: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepts"),
+    [
+        ("AWS_VPC_ENI_MTU", "575", "[576, 9001]"),
+        ("AWS_VPC_ENI_MTU", "9002", "[576, 9001]"),
+        ("AWS_VPC_ENI_MTU", "jumbo", "[576, 9001]"),
+        ("POD_MTU", "100", "[576, 9001]"),
+        ("AWS_VPC_K8S_CNI_VETHPREFIX", "eth", "1-4 lowercase"),
+        ("AWS_VPC_K8S_CNI_VETHPREFIX", "toolong", "1-4 lowercase"),
+        ("AWS_VPC_K8S_CNI_VETHPREFIX", "Eni", "1-4 lowercase"),
+        ("AWS_VPC_K8S_CNI_VETHPREFIX", "lo", "not eth, lo or vlan"),
+        ("AWS_VPC_K8S_CNI_LOGLEVEL", "chatty", "DEBUG"),
+        ("ADDITIONAL_ENI_TAGS", "team=net", "JSON object of strings"),
+        ("ADDITIONAL_ENI_TAGS", '["team"]', "JSON object of strings"),
+        ("ADDITIONAL_ENI_TAGS", '{"team": 1}', "JSON object of strings"),
+        ("ADDITIONAL_ENI_TAGS", '{"k8s.amazonaws.com/x": "y"}', "reserved"),
+        ("ADDITIONAL_ENI_TAGS", '{"kubernetes.io/x": "y"}', "reserved"),
+        ("INTROSPECTION_BIND_ADDRESS", "localhost", "HOST:PORT"),
+        ("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:70000", "HOST:PORT"),
+        ("VPCNI_METRICS_BIND_ADDRESS", "host:port", "HOST:PORT"),
+        ("VPCNI_ADD_WAIT_MS", "-1", "[0, 600000]"),
+        ("VPCNI_POOL_PERIOD", "0", "[0.1, 3600]"),
+        ("VPCNI_EC2_QPS", "0", "[0.1, 1000]"),
+        ("VPCNI_EC2_BURST", "0", "[1, 10000]"),
+        ("DISABLE_METRICS", "yes please", "true or false"),
+    ],
+)
+def test_bad_agent_values_name_the_variable_and_range(name: str, value: str, accepts: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load([], SIM | {name: value})
+    message = str(info.value)
+    assert name in message and accepts in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "flag", "accepts"),
+    [
+        ("VPCNI_SIM_SUBNET_CIDR", "10.0.0.0/8", "--sim-subnet-cidr", "/16 to /26"),
+        ("VPCNI_SIM_SUBNET_CIDR", "10.0.0.1/20", "--sim-subnet-cidr", "IPv4 CIDR"),
+        ("VPCNI_SIM_FRAGMENTATION", "1", "--sim-fragmentation", "[0.0, 0.99]"),
+        ("VPCNI_SIM_LATENCY_SCALE", "-1", "--sim-latency-scale", "[0.0, 100.0]"),
+        ("VPCNI_SIM_SEED", "x", "--sim-seed", "integer"),
+    ],
+)
+def test_bad_sim_values(name: str, value: str, flag: str, accepts: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load([], SIM | {name: value})
+    assert flag in str(info.value) and accepts in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepts"),
+    [("VPCNI_DATAPATH", "ebpf", "bpf, kernel, none"), ("VPCNI_CLOUD", "gcp", "aws, sim")],
+)
+def test_bad_choices_from_env(name: str, value: str, accepts: str) -> None:
+    # argparse validates choices given as flags only; env-derived defaults need their own check
+    with pytest.raises(SettingsError) as info:
+        load([], {name: value})
+    assert name in str(info.value) and repr(value) in str(info.value)
+    assert accepts in str(info.value)
+
+
+def test_bad_choice_flags_exit_like_argparse(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        load(["--datapath", "ebpf"], {})
+    assert info.value.code == 2
+    assert "ebpf" in capsys.readouterr().err
