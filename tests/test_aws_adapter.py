@@ -144,15 +144,29 @@ ERROR_XML = (
     '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
     "<Message>scripted</Message></Error></Errors><RequestID>r</RequestID></Response>"
 )
+XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 EMPTY_DESCRIBE_XML = (
-    '<DescribeNetworkInterfacesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+    f'<DescribeNetworkInterfacesResponse xmlns="{XMLNS}">'
     "<requestId>r</requestId><networkInterfaceSet/></DescribeNetworkInterfacesResponse>"
+)
+STUCK_ENI_XML = (  # an ENI that never finishes detaching
+    f'<DescribeNetworkInterfacesResponse xmlns="{XMLNS}"><requestId>r</requestId>'
+    "<networkInterfaceSet><item><networkInterfaceId>eni-1</networkInterfaceId>"
+    "<subnetId>subnet-1</subnetId><status>in-use</status>"
+    "<attachment><attachmentId>eni-attach-1</attachmentId><deviceIndex>1</deviceIndex>"
+    "<status>detaching</status></attachment></item></networkInterfaceSet>"
+    "</DescribeNetworkInterfacesResponse>"
+)
+DETACH_XML = (
+    f'<DetachNetworkInterfaceResponse xmlns="{XMLNS}"><requestId>r</requestId>'
+    "<return>true</return></DetachNetworkInterfaceResponse>"
 )
 
 
 @dataclass
 class ScriptedEc2:
     answers: list[tuple[int, str]] = field(default_factory=list)  # (status, error code or "")
+    bodies: dict[str, str] = field(default_factory=dict)  # success body by action
     actions: list[str] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -161,7 +175,7 @@ class ScriptedEc2:
         status, code = self.answers.pop(0) if self.answers else (200, "")
         if code:
             return web.Response(status=status, text=ERROR_XML.format(code=code))
-        return web.Response(text=EMPTY_DESCRIBE_XML)
+        return web.Response(text=self.bodies.get(self.actions[-1], EMPTY_DESCRIBE_XML))
 
 
 @pytest.fixture
@@ -276,3 +290,20 @@ async def test_token_bucket_is_shared_by_all_calls(
     # 20 ms less the time the previous request took).
     assert time.monotonic() - start >= 0.038
     assert adapter.call_stats()["DescribeNetworkInterfaces"]["wait_ms"] > 0
+
+
+async def test_delete_gives_up_on_an_eni_that_stays_attached(
+    scripted: tuple[ScriptedEc2, Callable[..., Ec2Adapter]],
+) -> None:
+    ec2, make = scripted
+    ec2.bodies = {
+        "DescribeNetworkInterfaces": STUCK_ENI_XML,
+        "DetachNetworkInterface": DETACH_XML,
+    }
+    adapter = make(detach_timeout=0.3)
+    with pytest.raises(Unavailable, match="still attached"):
+        await adapter.delete_eni("eni-1")
+    # Polls back off (50, 100, 200 ms...) until the deadline; no delete is attempted.
+    assert ec2.actions[:2] == ["DescribeNetworkInterfaces", "DetachNetworkInterface"]
+    assert 3 <= ec2.actions.count("DescribeNetworkInterfaces") <= 5
+    assert "DeleteNetworkInterface" not in ec2.actions

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -588,7 +588,8 @@ class Ec2Adapter:
             for interface in instance.get("NetworkInterfaces", [])
             if (attachment := interface.get("Attachment", {})).get("NetworkCardIndex", 0) == 0
         }
-        return _lowest_free(used)
+        # Index 0 is the primary ENI's, whatever DescribeInstances says.
+        return next(i for i in count(1) if i not in used)
 
     async def _wait_available(self, eni_id: str) -> None:
         deadline = time.monotonic() + self._detach_timeout
@@ -671,8 +672,3 @@ def _created_at(eni: NetworkInterfaceTypeDef) -> float | None:
         if tag.get("Key") == CREATED_AT_TAG:
             return parse_rfc3339(tag.get("Value", ""))
     return None
-
-
-def _lowest_free(used: Collection[int]) -> int:
-    # Index 0 is the primary ENI's, whatever DescribeInstances says.
-    return next(i for i in count(1) if i not in used)
