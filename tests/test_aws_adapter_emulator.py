@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
+import uvloop
 
 from agent.cloud.aws import (
     CLUSTER_TAG,
@@ -20,6 +21,7 @@ from agent.cloud.aws import (
     rfc3339,
 )
 from agent.cloud.emulator import BucketSpec, SimCloud, start_in_thread
+from agent.cloud.imds import ImdsClient
 from agent.cloud.port import EniSpec, InsufficientCidr, LimitExceeded, NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -308,3 +310,20 @@ async def test_describe_enis_matches_the_model(sim: Sim, make: Make) -> None:
     assert second.created_at == pytest.approx(eni.created_at, abs=1)
     model_primary = cloud.model.primary_eni(cloud.model.instance(cloud.instance_id))
     assert (primary.id, primary.primary_ip) == (model_primary.id, model_primary.primary_ip)
+
+
+def test_runs_on_uvloop(sim: Sim) -> None:
+    """The agent's loop: IMDS over aiohttp and boto3 on the pool work under uvloop."""
+    cloud = sim()
+
+    async def start_up() -> tuple[str, int]:
+        async with ImdsClient(cloud.imds_url) as imds:
+            node = await imds.node_identity()
+        adapter = Ec2Adapter(region=node.region, endpoint_url=cloud.ec2_url, session=SESSION)
+        try:
+            return node.primary_eni_id, len(await adapter.describe_enis(node.instance_id))
+        finally:
+            await adapter.close()
+
+    primary = cloud.model.primary_eni(cloud.model.instance(cloud.instance_id))
+    assert uvloop.run(start_up()) == (primary.id, 1)
