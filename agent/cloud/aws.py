@@ -478,7 +478,7 @@ class Ec2Adapter:
             await asyncio.sleep(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
 
     async def _send(self, stats: _ActionStats, request: Callable[[EC2Client], T]) -> T:
-        elapsed = 0.0
+        elapsed: float | None = None
 
         def run() -> T:
             nonlocal elapsed
@@ -492,7 +492,8 @@ class Ec2Adapter:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, run)
         finally:
-            stats.observe(elapsed)
+            if elapsed is not None:  # None: cancelled while the request is still running
+                stats.observe(elapsed)
 
     def _ec2(self) -> EC2Client:
         # Built lazily on a pool thread: loading botocore's models takes ~100 ms of CPU.
