@@ -51,26 +51,34 @@ def wait_ready(address: str, agent: subprocess.Popen[bytes], timeout: float = 60
     raise SystemExit("vpcni-agent did not become ready in time")
 
 
-def cni(shim: Path, command: str, conf: dict[str, Any], *, pod: str, netns: str) -> Any:
-    """Run the shim as kubelet/containerd would and return its JSON output."""
+def run_plugin(
+    plugin: list[str], command: str, conf: dict[str, Any], *, container: str, netns: str, pod: str
+) -> tuple[int, Any, float]:
+    """Exec a CNI plugin as kubelet/containerd would; (exit code, JSON output, ms)."""
     env = {
         "CNI_COMMAND": command,
-        "CNI_CONTAINERID": f"demo-{pod}",
+        "CNI_CONTAINERID": container,
         "CNI_NETNS": netns,
         "CNI_IFNAME": "eth0",
-        "CNI_PATH": str(shim.parent),
+        "CNI_PATH": str(Path(plugin[-1]).parent),
         "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME={pod}",
     }
     started = time.perf_counter()
-    out = subprocess.run(
-        [str(shim)], input=json.dumps(conf).encode(), env=env, capture_output=True, check=False
-    )
+    out = subprocess.run(plugin, input=json.dumps(conf).encode(), env=env, capture_output=True)
     ms = (time.perf_counter() - started) * 1000
-    doc = json.loads(out.stdout) if out.stdout.strip() else {}
-    if out.returncode != 0:
-        console.print(f"[red]{command} {pod} failed[/]: {doc or out.stderr.decode()}")
-    else:
-        console.print(f"{command} {pod}: exit 0 in {ms:.1f} ms")
+    doc = json.loads(out.stdout) if out.stdout.strip() else out.stderr.decode()
+    return out.returncode, doc, ms
+
+
+def cni(shim: Path, command: str, conf: dict[str, Any], *, pod: str, netns: str) -> Any:
+    """Run the shim for `pod` and report the outcome on the console."""
+    rc, doc, ms = run_plugin(
+        [str(shim)], command, conf, container=f"demo-{pod}", netns=netns, pod=pod
+    )
+    if rc != 0:
+        console.print(f"[red]{command} {pod} failed[/]: {doc}")
+        return {}
+    console.print(f"{command} {pod}: exit 0 in {ms:.1f} ms")
     return doc
 
 

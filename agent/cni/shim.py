@@ -1,7 +1,7 @@
 """The `vpcni` CNI plugin: forwards each CNI command to the node agent over its Unix socket.
 
 Runtimes exec this once per pod operation, so start-up time is the product: stdlib only
-(`_socket` and `json`), nothing from the rest of `agent`, HTTP/1.1 spoken by hand. The file is
+(`_socket`, the C half of `json`), nothing else of `agent`, HTTP/1.1 spoken by hand. The file is
 also inlined verbatim into the standalone /opt/cni/bin/vpcni (`agent.cni.install`), which runs
 on the node's own interpreter: keep it runnable on Python 3.8 (no `match`, no runtime `X | Y`).
 Contract: docs/cni.md.
@@ -10,10 +10,14 @@ Contract: docs/cni.md.
 from __future__ import annotations
 
 import _socket
-import json
 import os
 import sys
 import time
+
+try:
+    import _json
+except ImportError:  # an interpreter without the C accelerator: `json` is only slower
+    _json = None  # type: ignore[assignment]
 
 SPEC_VERSION = "1.1.0"
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -38,6 +42,57 @@ REQUIRED_ENV = {
 }
 POD_ARGS = ("K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID")
 LOG_LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
+
+
+# JSON through CPython's `_json` directly: `import json` pulls in `re` and `enum` and costs
+# ~12 ms, as much as the interpreter's own start (docs/benchmarks.md).
+class _ScanContext:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    memo: dict[str, object] = {}
+
+    @staticmethod
+    def parse_constant(name: str) -> object:
+        raise ValueError(f"{name} is not valid JSON")
+
+
+_WHITESPACE = " \t\n\r"
+
+
+def json_loads(data: bytes) -> object:
+    """Decode one JSON document (UTF-8); ValueError when it is not JSON."""
+    text = data.decode("utf-8")
+    if _json is None:
+        import json
+
+        return json.loads(text)
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    try:
+        value, end = _json.make_scanner(_ScanContext())(text, start)  # type: ignore[arg-type]
+    except (StopIteration, SystemError):
+        # Malformed input: the C scanner raises json.decoder's error only once that module is
+        # loaded (else SystemError). Pay for the import on this path alone, for a good message.
+        import json
+
+        return json.loads(text)
+    if text[end:].strip(_WHITESPACE):
+        raise ValueError(f"extra data after the JSON value at offset {end}")
+    return value
+
+
+def json_dumps(value: object) -> str:
+    """Encode `value` as compact ASCII JSON; objects it does not know become strings."""
+    if _json is None:
+        import json
+
+        return json.dumps(value, default=str)
+    encode = _json.make_encoder(
+        None, str, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True
+    )
+    return "".join(encode(value, 0))
 
 
 class CniError(Exception):
@@ -74,7 +129,7 @@ class PluginLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 # One write() per line: concurrent shims appending to one file do not interleave.
-                os.write(fd, (json.dumps(line, default=str) + "\n").encode())
+                os.write(fd, (json_dumps(line) + "\n").encode())
             finally:
                 os.close(fd)
         except OSError:
@@ -104,7 +159,7 @@ def parse_cni_args(raw: str) -> dict[str, str]:
 def load_config(stdin: bytes) -> dict[str, object]:
     """Decode and check the network config; `cniVersion` must be one this shim speaks."""
     try:
-        config = json.loads(stdin)
+        config = json_loads(stdin)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
         raise CniError(DECODE_FAILURE, "network config on stdin is not JSON", str(exc)) from exc
     if not isinstance(config, dict):
@@ -171,7 +226,7 @@ def build_request(
             "path": env.get("CNI_PATH", ""),
             "config": config,
         }
-    return "POST", f"/v1/cni/{command.lower()}", json.dumps(body).encode()
+    return "POST", f"/v1/cni/{command.lower()}", json_dumps(body).encode()
 
 
 class _Reader:
@@ -277,7 +332,7 @@ def http_request(
 def _agent_error(status: int, body: bytes) -> CniError:
     """The agent's `{"code","msg","details"}`, or a try-again error if it sent something else."""
     try:
-        answer = json.loads(body)
+        answer = json_loads(body)
     except ValueError:
         answer = None
     if isinstance(answer, dict) and type(answer.get("code")) is int:
@@ -291,17 +346,18 @@ def _error_output(version: str, error: CniError) -> bytes:
     doc = {"cniVersion": version, "code": error.code, "msg": error.msg}
     if error.details:
         doc["details"] = error.details
-    return json.dumps(doc).encode() + b"\n"
+    return json_dumps(doc).encode() + b"\n"
 
 
 def _version_output(stdin: bytes) -> bytes:
     # The spec echoes the caller's cniVersion; libcni sends one on stdin for VERSION.
     try:
-        asked = json.loads(stdin).get("cniVersion")
-    except (ValueError, AttributeError):
-        asked = None
+        doc = json_loads(stdin)
+    except ValueError:
+        doc = None
+    asked = doc.get("cniVersion") if isinstance(doc, dict) else None
     version = asked if asked in SUPPORTED_VERSIONS else SPEC_VERSION
-    return json.dumps(
+    return json_dumps(
         {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
     ).encode()
 
