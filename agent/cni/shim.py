@@ -2,8 +2,8 @@
 
 Runtimes exec this once per pod operation, so start-up time is the product: stdlib only
 (`_socket`, the C half of `json`), nothing else of `agent`, HTTP/1.1 spoken by hand. The file is
-also inlined verbatim into the standalone /opt/cni/bin/vpcni (`agent.cni.install`), which runs
-on the node's own interpreter: keep it runnable on Python 3.8 (no `match`, no runtime `X | Y`).
+also installed verbatim beside the standalone /opt/cni/bin/vpcni (`agent.cni.install`), which
+runs on the node's own interpreter: keep it runnable on Python 3.8 (no `match`, no runtime `X | Y`).
 Contract: docs/cni.md.
 """
 
