@@ -18,6 +18,9 @@ from datapath.wiring import EniDevice, Wiring, host_veth_name, link_exists, netl
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# How long add_eni waits for a just-attached ENI's interface to show up (EC2 says "attached"
+# before the node's kernel has the device).
+ENI_WAIT = 10.0
 
 
 class _NodeDatapath:
@@ -25,8 +28,16 @@ class _NodeDatapath:
 
     mode = ""
 
-    def __init__(self, *, host_netns: str | None, eni_mtu: int = 9001, workers: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        host_netns: str | None,
+        eni_mtu: int = 9001,
+        workers: int = 4,
+        eni_wait: float = ENI_WAIT,
+    ) -> None:
         self.host_netns = host_netns
+        self.eni_wait = eni_wait
         self._wiring = Wiring(host_netns, eni_mtu=eni_mtu)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vpcni-netlink")
         self._enis: dict[str, EniDevice] = {}
@@ -35,17 +46,24 @@ class _NodeDatapath:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def start(self, enis: Sequence[EniLink]) -> None:
-        """Turn on forwarding in the host netns and set up the ENIs attached now."""
+        """Turn on forwarding in the host netns and set up the ENIs attached now.
+
+        An ENI that cannot be set up is logged and skipped: the node still serves pods on the
+        others, and wiring a pod on it tries again (and fails with the reason).
+        """
         await self._run(self._wiring.enable_forwarding)
         for eni in enis:
-            await self.add_eni(eni)
+            try:
+                await self.add_eni(eni)
+            except DatapathError as e:
+                log.error("ENI %s not set up: %s", eni.eni_id, e)
 
     async def add_eni(self, eni: EniLink) -> None:
         """Bring an ENI up with its route table (and program, in BPF mode)."""
         await self._run(self._add_eni, eni)
 
     def _add_eni(self, eni: EniLink) -> EniDevice:
-        device = self._wiring.setup_eni(eni)
+        device = self._wiring.setup_eni(eni, wait=self.eni_wait)
         self._enis[eni.eni_id] = device
         return device
 
@@ -90,9 +108,10 @@ class KernelDatapath(_NodeDatapath):
         host_netns: str | None,
         eni_mtu: int = 9001,
         workers: int = 4,
+        eni_wait: float = ENI_WAIT,
         fallback_reason: str | None = None,
     ) -> None:
-        super().__init__(host_netns=host_netns, eni_mtu=eni_mtu, workers=workers)
+        super().__init__(host_netns=host_netns, eni_mtu=eni_mtu, workers=workers, eni_wait=eni_wait)
         self.fallback_reason = fallback_reason
 
     async def wire(self, pod: PodNetwork) -> WiredPod:
@@ -131,8 +150,9 @@ class BpfDatapath(_NodeDatapath):
         host_netns: str | None,
         eni_mtu: int = 9001,
         workers: int = 4,
+        eni_wait: float = ENI_WAIT,
     ) -> None:
-        super().__init__(host_netns=host_netns, eni_mtu=eni_mtu, workers=workers)
+        super().__init__(host_netns=host_netns, eni_mtu=eni_mtu, workers=workers, eni_wait=eni_wait)
         self.programs = programs
         self._attached: dict[str, str] = {}
 

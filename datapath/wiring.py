@@ -13,6 +13,7 @@ import errno
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -185,18 +186,22 @@ class Wiring:
         with entered(self.host_netns), open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1\n")
 
-    def setup_eni(self, eni: EniLink) -> EniDevice:
+    def setup_eni(self, eni: EniLink, *, wait: float = 0.0) -> EniDevice:
         """Bring an ENI up and give a secondary ENI its own route table, like the VPC CNI.
 
-        The primary ENI keeps the node's main table. A secondary one gets the ENI MTU, its
-        primary address
-        if missing, loses the subnet route the address put into main (else replies from the
-        primary ENI's subnet could leave the wrong way), and gets table device_number + 1 with a
-        default route via the subnet gateway.
+        Waits up to `wait` seconds for the device to appear: EC2 reports an ENI attached before
+        the node's kernel has its interface. The primary ENI keeps the node's main table. A
+        secondary one gets the ENI MTU, its primary address, loses the subnet route the address
+        put into main (else replies into the primary's subnet could leave the wrong way), and
+        gets table device_number + 1 with a default route via the subnet gateway.
         """
         gateway = subnet_gateway(eni.subnet_cidr)
+        deadline = time.monotonic() + wait
         with netlink(self.host_netns) as ipr:
             link = find_link_by_mac(ipr, eni.mac)
+            while link is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                link = find_link_by_mac(ipr, eni.mac)
             if link is None:
                 raise DatapathError(f"ENI {eni.eni_id} ({eni.mac}) is not on this node")
             index, ifname = int(link["index"]), str(link.get("IFLA_IFNAME"))
@@ -205,11 +210,7 @@ class Wiring:
                 return EniDevice(index, ifname, gateway)
             ipr.link("set", index=index, mtu=self.eni_mtu)
             prefixlen = eni.subnet_cidr.prefixlen
-            has_ip = any(
-                a.get("address") == str(eni.primary_ip) for a in ipr.addr("dump", index=index)
-            )
-            if not has_ip:
-                ipr.addr("add", index=index, address=str(eni.primary_ip), prefixlen=prefixlen)
+            ipr.addr("replace", index=index, address=str(eni.primary_ip), prefixlen=prefixlen)
             _ignore(
                 _GONE,
                 ipr.route,

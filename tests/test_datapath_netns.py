@@ -33,6 +33,7 @@ if ROOT:
 
     from datapath.bpf import Programs
     from datapath.factory import make_datapath
+    from datapath.modes import KernelDatapath
     from datapath.sandbox import Sandbox
     from datapath.wiring import netlink
 
@@ -314,6 +315,21 @@ async def test_without_kernel_headers_bpf_falls_back_to_kernel(
     await wire(dp, node, b)
     assert ping(a, b.ip) == 3
     assert ping(b, node.box.remote_host_ip) == 3
+    await dp.close()
+
+
+async def test_add_eni_waits_for_the_interface(node: Node) -> None:
+    await asyncio.to_thread(node.box.detach_eni, ENI1.eni_id)
+    dp = KernelDatapath(host_netns=node.box.name, eni_wait=0.3)
+    await dp.start([ENI0, ENI1])  # ENI1 has no interface yet: logged and skipped
+    assert list(dp.status()["enis"]) == ["eni-000"]
+    loop = asyncio.get_running_loop()
+    loop.call_later(
+        0.2, lambda: asyncio.ensure_future(asyncio.to_thread(node.box.attach_eni, ENI1))
+    )
+    dp.eni_wait = 5.0
+    await dp.add_eni(ENI1)
+    assert list(dp.status()["enis"]) == ["eni-000", "eni-001"]
     await dp.close()
 
 
