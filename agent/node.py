@@ -43,7 +43,7 @@ from agent.ipam.planner import (
     plan,
     prefix_mode,
 )
-from agent.ipam.state import Eni, IPAMKey, Lease, NodeState, ReconcileReport
+from agent.ipam.state import AddressInUse, Eni, IPAMKey, Lease, NodeState, ReconcileReport
 from agent.settings import Settings
 from agent.store import CheckpointStore, StoreError
 from datapath.port import Datapath, DatapathError, EniLink, PodNetwork, WiredPod
@@ -137,6 +137,7 @@ class Counters:
     plan_errors: int = 0
     ipamd_errors: dict[str, int] = field(default_factory=dict)
     leases_dropped: int = 0
+    add_waited: int = 0  # ADDs that found no free address and waited for the pool manager
     add_wait_ms: Histogram = field(default_factory=lambda: Histogram(ADD_WAIT_BUCKETS_MS))
 
     def error(self, kind: str) -> None:
@@ -189,6 +190,7 @@ class Node:
         self.last_decision: Decision | None = None
         self.ready = False
         self.accepting = True
+        self._closing = False
         self._wake = asyncio.Event()
         self._pool_changed = asyncio.Condition()
         self._manager: asyncio.Task[None] | None = None
@@ -217,6 +219,9 @@ class Node:
         if self.settings.leaked_eni_cleanup and self.settings.cloud == "aws":
             self._spawn(self._cleanup_leaked())
         self._manager = asyncio.create_task(self._pool_manager(), name="pool-manager")
+        # Fill the pool now rather than one period later: a node that restarts with pods to
+        # place must not make their ADDs wait for the first timer tick.
+        self.wake()
         self.ready = True
         return report
 
@@ -235,12 +240,17 @@ class Node:
             return 0, 0
         restored = dropped = 0
         for lease in leases:
-            if self.state.restore(lease):
+            try:
+                ok = self.state.restore(lease)
+                why = "its block is gone"
+            except AddressInUse:  # a hand-edited or buggy checkpoint: keep the first holder
+                ok, why = False, "its address is leased twice in the checkpoint"
+            if ok:
                 restored += 1
             else:
                 dropped += 1
                 log.warning(
-                    "lease dropped: its block is gone",
+                    f"lease dropped: {why}",
                     extra={"ip": str(lease.ip), "container_id": lease.key.container_id},
                 )
         self.counters.leases_dropped += dropped
@@ -251,7 +261,11 @@ class Node:
         self.accepting = False
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=10)
+        self._closing = True
         if self._manager is not None:
+            # The flag, not only the cancel: on Python 3.11 `wait_for` swallows a cancel that
+            # lands just as its inner wait finishes (a wake-up), and the manager would then
+            # sleep a whole period before SIGTERM can finish.
             self._manager.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._manager
@@ -310,6 +324,7 @@ class Node:
     async def _lease(self, req: PodRequest) -> Lease:
         deadline = self.clock() + self.settings.add_wait_ms / 1000
         prefer = prefix_mode(self.settings.pool, self.instance)
+        waited = False
         while True:
             lease = self.state.allocate(
                 req.key,
@@ -320,6 +335,9 @@ class Node:
             )
             if lease is not None:
                 return lease
+            if not waited:
+                waited = True
+                self.counters.add_waited += 1
             self.wake()
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -350,6 +368,13 @@ class Node:
             req.key, now=self.clock(), cooldown=self.settings.pool.ip_cooldown_period
         )
         if released is None:
+            if lease is not None:
+                # A concurrent DEL of the same key released it while we unwired: its write
+                # may still be in flight, and our reply must not come before it is durable.
+                try:
+                    await self.store.commit()
+                except StoreError as e:
+                    raise NodeError(11, str(e), status=503) from e
             return None
         try:
             await self.store.commit()
@@ -421,11 +446,13 @@ class Node:
 
     async def _pool_manager(self) -> None:
         """One plan in flight at a time; runs on wake-ups and on a jittered period."""
-        while True:
+        while not self._closing:
             period = self.settings.pool_period * (0.8 + 0.4 * self.rng.random())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=period)
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 if self.clock() - self._last_resync > RESYNC_PERIOD:
                     await self.resync()

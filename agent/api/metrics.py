@@ -53,6 +53,9 @@ class NodeCollector:
         yield counter("awscni_add_ip_req_count", "CNI ADD requests", c.add)
         yield counter("awscni_del_ip_req_count", "CNI DEL requests", c.delete)
         yield counter("vpcni_add_errors", "CNI ADD requests that failed", c.add_errors)
+        yield counter(
+            "vpcni_add_waited", "CNI ADDs that found the pool empty and waited", c.add_waited
+        )
         yield counter("vpcni_plans", "Pool actions executed", c.plans)
         yield counter("vpcni_plan_errors", "Pool actions that failed", c.plan_errors)
         yield counter("vpcni_leases_dropped", "Leases dropped: block vanished", c.leases_dropped)

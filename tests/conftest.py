@@ -1,0 +1,18 @@
+"""Shared fixtures (keep small; append, do not rewrite)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short directory for AF_UNIX sockets: tmp_path can exceed the 108-byte sun_path."""
+    path = Path(tempfile.mkdtemp(prefix="vp", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
