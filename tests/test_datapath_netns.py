@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -31,7 +32,7 @@ pytestmark = [
 if ROOT:
     from pyroute2 import netns as pyroute2_netns
 
-    from datapath.bpf import Programs
+    from datapath.bpf import Programs, pin_dir
     from datapath.factory import make_datapath
     from datapath.modes import KernelDatapath
     from datapath.sandbox import Sandbox
@@ -43,13 +44,9 @@ def _bcc_reason() -> str | None:
         return "needs root"
     try:
         Programs("vpcni-probe")
-    except Exception as e:
+    except Exception as e:  # bcc raises bare Exception when it cannot compile
         return f"bcc cannot compile here: {e}"
     finally:
-        import shutil
-
-        from datapath.bpf import pin_dir
-
         shutil.rmtree(pin_dir("vpcni-probe"), ignore_errors=True)
     return None
 
