@@ -22,7 +22,9 @@ SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 MAX_BODY = 64 * 1024
 GATEWAY = "169.254.1.1"
 CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-NETNS = re.compile(r"(/var/run/netns/[A-Za-z0-9_.-]+|/run/netns/[A-Za-z0-9_.-]+|/proc/\d+/ns/net)")
+# A netns file directly under /var/run/netns or /run/netns ("." and ".." are not names), or a
+# process's /proc/<pid>/ns/net.
+NETNS = re.compile(r"(/var/run/netns/|/run/netns/)(?!\.\.?$)[A-Za-z0-9_.-]+|/proc/\d+/ns/net")
 K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
@@ -50,9 +52,15 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     """The JSON object body, bounded; CniError 6 for anything else."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise CniError(6, f"request body over {MAX_BODY} bytes", status=413)
-    data = await request.content.read(MAX_BODY + 1)
-    if len(data) > MAX_BODY:
-        raise CniError(6, f"request body over {MAX_BODY} bytes", status=413)
+    # read(n) returns whatever has arrived, so a body delivered in pieces needs a loop.
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(MAX_BODY + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise CniError(6, f"request body over {MAX_BODY} bytes", status=413)
+    data = b"".join(chunks)
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
@@ -85,8 +93,14 @@ def parse_pod(doc: Mapping[str, Any], *, need_netns: bool) -> tuple[PodRequest, 
     if not CONTAINER_ID.fullmatch(container_id):
         raise CniError(4, "containerID must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
     ifname = _string(doc, "ifName")
-    if len(ifname) > 15 or "/" in ifname or ifname in (".", "..") or not ifname.isprintable():
-        raise CniError(4, "ifName must be 1-15 printable characters without '/'")
+    # The kernel's dev_valid_name(): at most 15 bytes, no '/', ':' or whitespace, not . or ..
+    if (
+        len(ifname.encode()) > 15
+        or ifname in (".", "..")
+        or not ifname.isprintable()
+        or any(c == "/" or c == ":" or c.isspace() for c in ifname)
+    ):
+        raise CniError(4, "ifName must be 1-15 printable characters without '/', ':' or spaces")
     netns = doc.get("netns") or ""
     if not isinstance(netns, str):
         raise CniError(4, "netns must be a string")
