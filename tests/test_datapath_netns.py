@@ -147,6 +147,19 @@ def ping(pod: PodNetwork, dst: Any, *, count: int = 3, extra: tuple[str, ...] = 
     return int(found.group(1)) if found else 0
 
 
+def reply_ttl(pod: PodNetwork, dst: Any) -> int:
+    """TTL of an echo reply: each modelled router hop (host netns, VPC) takes one off."""
+    netns = pod.netns.rsplit("/", 1)[1]
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, "ping", "-n", "-c", "1", "-W", "1", str(dst)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    found = re.search(r"ttl=(\d+)", out)
+    return int(found.group(1)) if found else 0
+
+
 def tx_packets(netns: str) -> tuple[int, int]:
     """Packets sent by eth0 and eth1 (sync netlink: call on a thread in async tests)."""
     return _stat(netns, "eth0", "tx_packets"), _stat(netns, "eth1", "tx_packets")
@@ -212,6 +225,9 @@ async def test_pods_on_primary_eni_reach_each_other_and_the_vpc(
     assert ping(b, a.ip) == 3
     assert ping(a, node.box.remote_host_ip) == 3
     assert ping(a, ENI0.primary_ip) == 3  # the node itself: through the kernel in both modes
+    # BPF counts the host netns as a hop, as kernel forwarding does: both modes look alike.
+    assert reply_ttl(a, b.ip) == 63
+    assert reply_ttl(a, node.box.remote_host_ip) == 63
     assert await datapath.check(a) == []
     if datapath.mode == "bpf":
         pods = datapath.status()["pods"]

@@ -11,5 +11,5 @@ int from_eni(struct __sk_buff *skb)
 	dst = endpoints.lookup(&ip->daddr);
 	if (!dst)
 		return VPCNI_PASS;
-	return deliver_to_pod(skb, dst);
+	return deliver_to_pod(skb, ip, dst);
 }

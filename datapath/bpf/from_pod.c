@@ -38,10 +38,10 @@ int from_pod(struct __sk_buff *skb)
 	}
 	dst = endpoints.lookup(&ip->daddr);
 	if (dst) {
-		verdict = deliver_to_pod(skb, dst);
+		verdict = deliver_to_pod(skb, ip, dst);
 	} else {
 		eni = enis.lookup(&src->eni_ifindex);
-		if (!eni || is_local(skb, ip))
+		if (!eni || is_local(skb, ip) || !forward_hop(ip))
 			return VPCNI_PASS;
 		struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = eni->gateway};
 		verdict = vpcni_redirect_neigh(src->eni_ifindex, &nh, sizeof(nh), 0);

@@ -62,8 +62,23 @@ static __always_inline struct iphdr *ipv4_header(struct __sk_buff *skb)
 	return ip;
 }
 
+/* Count a routing hop like the kernel's ip_decrease_ttl(), with the incremental checksum;
+ * false when the packet must not be forwarded (the kernel then sends time-exceeded). */
+static __always_inline int forward_hop(struct iphdr *ip)
+{
+	__u32 check = ip->check;
+
+	if (ip->ttl <= 1)
+		return 0;
+	check += bpf_htons(0x0100);
+	ip->check = (__sum16)(check + (check >= 0xFFFF));
+	ip->ttl--;
+	return 1;
+}
+
 /* Hand the frame to a local pod: its MACs, straight into its netns (skips the host stack). */
-static __always_inline int deliver_to_pod(struct __sk_buff *skb, struct endpoint *ep)
+static __always_inline int deliver_to_pod(struct __sk_buff *skb, struct iphdr *ip,
+					  struct endpoint *ep)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -71,6 +86,8 @@ static __always_inline int deliver_to_pod(struct __sk_buff *skb, struct endpoint
 
 	if ((void *)(eth + 1) > data_end)
 		return VPCNI_DROP;
+	if (!forward_hop(ip))
+		return VPCNI_PASS;
 	__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, ep->host_mac, ETH_ALEN);
 	return bpf_redirect_peer(ep->host_ifindex, 0);
