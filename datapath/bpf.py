@@ -19,7 +19,8 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-PIN_ROOT = "/sys/fs/bpf/vpcni"
+BPFFS = "/sys/fs/bpf"
+PIN_ROOT = f"{BPFFS}/vpcni"
 SOURCE_DIR = Path(__file__).with_name("bpf")
 HOOKS = ("from_pod", "from_eni")
 MAX_ENDPOINTS = 16384
@@ -70,6 +71,17 @@ def pin_dir(host_netns: str | None) -> str:
     return PIN_ROOT if host_netns is None else os.path.join(PIN_ROOT, "netns", host_netns)
 
 
+def ensure_bpffs() -> None:
+    """Mount bpffs on /sys/fs/bpf unless it is (it is not at boot on every distribution)."""
+    with open("/proc/self/mounts") as f:
+        if any(line.split()[1:3] == [BPFFS, "bpf"] for line in f):
+            return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", BPFFS.encode(), b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount -t bpf bpf {BPFFS}: {os.strerror(err)}")
+
+
 def source_text() -> str:
     """The programs as one translation unit (bcc rewrites map calls in its main file only)."""
     header = (SOURCE_DIR / "vpcni.h").read_text()
@@ -115,6 +127,7 @@ class Programs:
 
         self.pin_dir = pin_dir(host_netns)
         self.max_endpoints = max_endpoints
+        ensure_bpffs()
         os.makedirs(self.pin_dir, exist_ok=True)
         self._bpf = BPF(text=source_text().encode(), cflags=cflags(host_netns, max_endpoints))
         self._functions = {
