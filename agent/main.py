@@ -52,6 +52,8 @@ async def run(settings: Settings) -> None:
 
             cloud = sim.start_cloud(settings)
             stack.callback(cloud.close)
+            # Runs after node.stop (LIFO): what EC2 holds when the agent is gone.
+            stack.callback(sim.save_cloud, cloud, settings)
             imds_endpoint, endpoint_url = cloud.imds_url, cloud.ec2_url
             # The emulator checks no signature; boto3 still wants credentials to sign with.
             session = boto3.session.Session(

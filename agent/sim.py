@@ -8,24 +8,37 @@ interface there (datapath.sandbox), and the VPC router netns learns each pod's r
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Any
 
 from agent.cloud import emulator
+from agent.cloud.emulator.model import ApiError
 from agent.cloud.emulator.model import Eni as SimEni
 from agent.settings import Settings
+from agent.store import write_atomic
 from datapath.port import Datapath, EniLink, PodNetwork, WiredPod
 from datapath.sandbox import Sandbox
 
 log = logging.getLogger("vpcni.sim")
 
 
+SIM_STATE = "sim-ec2.json"
+
+
 def start_cloud(settings: Settings) -> emulator.SimCloud:
-    """Start the emulator (own thread) with the agent's --sim-* settings."""
+    """Start the emulator (own thread) with the agent's --sim-* settings.
+
+    EC2 outlives an agent restart; the emulator lives inside the agent. So the node's ENIs and
+    addresses are saved in the state dir when the agent stops (`save_cloud`) and put back here,
+    and a restarted agent finds the EC2 it left, as it would on AWS.
+    """
     sim = settings.sim
-    return emulator.start_in_thread(
+    cloud = emulator.start_in_thread(
         instance_type=sim.instance_type,
         subnet_cidr=sim.subnet_cidr,
         fragmentation=sim.fragmentation,
@@ -33,6 +46,84 @@ def start_cloud(settings: Settings) -> emulator.SimCloud:
         faults=sim.faults,
         seed=sim.seed,
     )
+    try:
+        _restore_cloud(cloud, settings, settings.state_dir / SIM_STATE)
+    except Exception:
+        cloud.close()
+        raise
+    return cloud
+
+
+def _identity(settings: Settings) -> dict[str, Any]:
+    sim = settings.sim
+    return {
+        "instance_type": sim.instance_type,
+        "subnet_cidr": sim.subnet_cidr,
+        "fragmentation": sim.fragmentation,
+        "seed": sim.seed,
+    }
+
+
+def save_cloud(cloud: emulator.SimCloud, settings: Settings) -> None:
+    """Write the node instance's ENIs (device index, addresses, prefixes) to the state dir."""
+    enis = [
+        {
+            "device_index": eni.attachment.device_index,
+            "primary_ip": str(eni.primary_ip),
+            "secondary_ips": [str(ip) for ip in eni.secondary_ips],
+            "prefixes": [str(p) for p in eni.prefixes],
+        }
+        for eni in cloud.model.instance_enis(cloud.instance_id)
+        if eni.attachment is not None
+    ]
+    doc = {"sim": _identity(settings), "enis": enis}
+    try:
+        write_atomic(settings.state_dir / SIM_STATE, json.dumps(doc, indent=1).encode())
+    except OSError as e:
+        log.warning("could not save the emulator's state", extra={"error": str(e)})
+
+
+def _restore_cloud(cloud: emulator.SimCloud, settings: Settings, path: Path) -> None:
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        log.warning("emulator state unreadable, starting fresh", extra={"error": str(e)})
+        return
+    if not isinstance(doc, dict) or doc.get("sim") != _identity(settings):
+        log.warning("emulator state is from other --sim-* settings, starting fresh")
+        return
+    model = cloud.model
+    instance = model.instance(cloud.instance_id)
+    primary = model.primary_eni(instance)
+    now = time.time()
+    try:
+        for saved in sorted(doc.get("enis", []), key=lambda e: e["device_index"]):
+            index = int(saved["device_index"])
+            if index == 0:
+                if str(primary.primary_ip) != saved["primary_ip"]:
+                    log.warning("emulator state names another primary ENI, starting fresh")
+                    return
+                eni = primary
+            else:
+                eni = model.create_eni(
+                    subnet_id=primary.subnet_id,
+                    now=now,
+                    groups=primary.groups,
+                    primary_ip=IPv4Address(saved["primary_ip"]),
+                )
+                model.attach_eni(
+                    eni_id=eni.id, instance_id=instance.id, device_index=index, now=now
+                )
+            if saved["secondary_ips"]:
+                model.assign(eni_id=eni.id, ips=[IPv4Address(a) for a in saved["secondary_ips"]])
+            if saved["prefixes"]:
+                model.assign(eni_id=eni.id, prefixes=[IPv4Network(p) for p in saved["prefixes"]])
+    except (ApiError, KeyError, TypeError, ValueError) as e:
+        log.warning("emulator state only partly restored", extra={"error": str(e)})
+        return
+    log.info("emulator state restored", extra={"enis": len(doc.get("enis", []))})
 
 
 class SandboxLinks:

@@ -1,0 +1,298 @@
+"""End to end: the real `vpcni-agent` on the embedded EC2 emulator (IPAM only), driven by the
+real standalone `vpcni` shim with CNI environment and stdin, exactly as a container runtime does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.cni import install
+from agent.ipam import checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+SUBNET = IPv4Network("10.0.0.0/20")
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Agent:
+    """One `python -m agent.main --cloud sim --datapath none` process."""
+
+    def __init__(self, state_dir: Path, sock: Path, env: dict[str, str], *args: str) -> None:
+        self.state_dir = state_dir
+        self.socket = sock
+        self.env = env
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = state_dir / "agent.log"
+        self.base = ""
+
+    def start(self, timeout: float = 20.0) -> None:
+        intro, metrics = free_port(), free_port()
+        self.base = f"http://127.0.0.1:{intro}"
+        self.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("VPCNI_", "WARM_", "AWS_", "ENABLE_", "MINIMUM_", "MAX_ENI"))
+        }
+        env.update(NO_PROXY="127.0.0.1,localhost", AWS_EC2_METADATA_DISABLED="false")
+        env.update(self.env)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agent.main",
+                    "--cloud",
+                    "sim",
+                    "--datapath",
+                    "none",
+                    "--socket",
+                    str(self.socket),
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--introspection",
+                    f"127.0.0.1:{intro}",
+                    "--metrics",
+                    f"127.0.0.1:{metrics}",
+                    *self.args,
+                ],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if self.get("/readyz") == {"ready": True}:
+                    return
+            except (OSError, urllib.error.URLError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"agent not ready after {timeout} s:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def get(self, path: str) -> Any:
+        with NO_PROXY.open(self.base + path, timeout=5) as r:
+            return json.loads(r.read())
+
+    def metrics(self) -> str:
+        with NO_PROXY.open(self.metrics_url, timeout=5) as r:
+            return str(r.read().decode())
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"agent ignored SIGTERM for {timeout} s:\n{self.tail()}") from None
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The standalone /opt/cni/bin/vpcni as `agent.cni.install` writes it."""
+    path = tmp_path_factory.mktemp("cni-bin") / "vpcni"
+    install.install_shim(path, sys.executable)
+    return path
+
+
+@pytest.fixture
+def start_agent(sock_dir: Path) -> Iterator[Any]:
+    """start_agent(**env, args=()) → a ready Agent; all are stopped at teardown."""
+    agents: list[Agent] = []
+
+    def start(*args: str, state_dir: Path | None = None, **env: str) -> Agent:
+        env = {"ENABLE_PREFIX_DELEGATION": "true", "WARM_PREFIX_TARGET": "1", **env}
+        agent = Agent(state_dir or sock_dir, sock_dir / "a.sock", env, *args)
+        agents.append(agent)
+        agent.start()
+        return agent
+
+    yield start
+    for agent in agents:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.stop()
+
+
+class Cni:
+    """Runs the shim as a runtime does: CNI_* environment, network config on stdin."""
+
+    def __init__(self, shim: Path, sock: Path) -> None:
+        self.shim = shim
+        self.config = {"cniVersion": "1.1.0", "name": "vpcni", "type": "vpcni", "socket": str(sock)}
+
+    def __call__(
+        self,
+        command: str,
+        container_id: str = "",
+        *,
+        netns: str | None = None,
+        ifname: str = "eth0",
+        config: dict[str, Any] | None = None,
+    ) -> tuple[int, Any]:
+        env = {"CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin", "PATH": "/usr/bin:/bin"}
+        if container_id:
+            env.update(
+                CNI_CONTAINERID=container_id,
+                CNI_NETNS=f"/var/run/netns/cni-{container_id}" if netns is None else netns,
+                CNI_IFNAME=ifname,
+                CNI_ARGS=(
+                    f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{container_id};"
+                    f"K8S_POD_INFRA_CONTAINER_ID={container_id}"
+                ),
+            )
+        done = subprocess.run(
+            [str(self.shim)],
+            input=json.dumps({**self.config, **(config or {})}).encode(),
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        out = done.stdout.strip()
+        return done.returncode, json.loads(out) if out else None
+
+
+def address(result: dict[str, Any]) -> str:
+    return str(IPv4Interface(result["ips"][0]["address"]).ip)
+
+
+def test_add_check_del_gc_status_version_through_the_shim(shim: Path, start_agent: Any) -> None:
+    agent = start_agent()
+    cni = Cni(shim, agent.socket)
+
+    rc, version = cni("VERSION")
+    assert rc == 0 and "1.1.0" in version["supportedVersions"]
+    assert cni("STATUS") == (0, None)
+
+    rc, result = cni("ADD", "c1")
+    assert rc == 0, result
+    assert result["cniVersion"] == "1.1.0"
+    ip = IPv4Interface(result["ips"][0]["address"])
+    assert ip.network.prefixlen == 32 and ip.ip in SUBNET
+    assert result["ips"][0]["gateway"] == "169.254.1.1"
+    assert result["interfaces"][-1]["sandbox"] == "/var/run/netns/cni-c1"
+    pods = agent.get("/v1/pods")
+    assert [(p["container_id"], p["ip"], p["pod_name"]) for p in pods] == [
+        ("c1", str(ip.ip), "pod-c1")
+    ]
+    assert cni("ADD", "c1")[1]["ips"] == result["ips"]  # the same lease again
+
+    assert cni("CHECK", "c1") == (0, None)
+    assert cni("DEL", "c1") == (0, None)
+    assert cni("DEL", "c1") == (0, None)  # idempotent
+    assert cni("DEL", "never-added", netns="") == (0, None)
+    rc, error = cni("CHECK", "c1")
+    assert rc == 1 and error["code"] == 3
+    assert agent.get("/v1/pods") == []
+
+    for name in ("c2", "c3", "c4"):
+        assert cni("ADD", name)[0] == 0
+    gc = {"cni.dev/valid-attachments": [{"containerID": "c3", "ifname": "eth0"}]}
+    assert cni("GC", config=gc) == (0, None)
+    assert [p["container_id"] for p in agent.get("/v1/pods")] == ["c3"]
+
+    # A request the agent refuses is a CNI error on stdout; the agent keeps serving.
+    rc, error = cni("ADD", "bad", netns="/var/run/netns/..")
+    assert rc == 1 and error["code"] == 4 and error["msg"]
+    assert agent.get("/readyz") == {"ready": True}
+
+    metrics = agent.metrics()
+    for name in (
+        "awscni_eni_allocated",
+        "awscni_total_ip_addresses",
+        "awscni_assigned_ip_addresses",
+        "awscni_total_ipv4_prefixes",
+        "awscni_add_ip_req_count",
+        "awscni_del_ip_req_count",
+        "awscni_ec2api_req_count",
+        "awscni_aws_api_latency_ms",
+        "awscni_ipamd_error_count",
+        "vpcni_add_wait_ms",
+    ):
+        assert name in metrics, name
+    assert "awscni_assigned_ip_addresses 1.0" in metrics
+
+
+def test_100_concurrent_adds_get_100_distinct_addresses(shim: Path, start_agent: Any) -> None:
+    agent = start_agent()
+    cni = Cni(shim, agent.socket)
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        results = list(pool.map(lambda i: cni("ADD", f"pod{i:03d}"), range(100)))
+
+    assert [rc for rc, _ in results] == [0] * 100, [r for r in results if r[0]][:3]
+    ips = [address(result) for _, result in results]
+    assert len(set(ips)) == 100
+    pods = agent.get("/v1/pods")
+    assert {p["container_id"]: p["ip"] for p in pods} == {
+        f"pod{i:03d}": ip for i, ip in enumerate(ips)
+    }
+
+
+def test_add_while_the_pool_is_empty_waits_and_succeeds(shim: Path, start_agent: Any) -> None:
+    # No warm prefix, and EC2 takes 0.6-2 s per assignment: the first ADD finds an empty pool.
+    agent = start_agent("--sim-latency-scale", "2", WARM_PREFIX_TARGET="0")
+    cni = Cni(shim, agent.socket)
+
+    rc, result = cni("ADD", "early")
+
+    assert rc == 0, result
+    assert IPv4Interface(result["ips"][0]["address"]).ip in SUBNET
+    assert "vpcni_add_waited_total 1.0" in agent.metrics()
+    assert agent.get("/v1/pool")["plans"][-1]["outcome"] == "ok"
+
+
+def test_restart_restores_every_assignment(shim: Path, start_agent: Any, sock_dir: Path) -> None:
+    agent = start_agent()
+    cni = Cni(shim, agent.socket)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        assert all(rc == 0 for rc, _ in pool.map(lambda i: cni("ADD", f"p{i}"), range(20)))
+    before = agent.get("/v1/pods")
+    enis_before = agent.get("/v1/enis")
+
+    assert agent.stop() == 0  # SIGTERM: clean exit
+    saved = checkpoint.decode((sock_dir / "ipam.json").read_bytes())
+    assert sorted(str(lease.ip) for lease in saved) == sorted(p["ip"] for p in before)
+
+    again = start_agent()
+    assert again.get("/v1/pods") == before
+    assert again.get("/v1/enis")["assigned_ips"] == enis_before["assigned_ips"] == 20
+    # The restored leases behave as leases: ADD returns the same one, DEL releases it.
+    rc, result = cni("ADD", "p0")
+    assert rc == 0 and address(result) == next(p["ip"] for p in before if p["container_id"] == "p0")
+    assert cni("DEL", "p0") == (0, None)
+    assert len(again.get("/v1/pods")) == 19
