@@ -43,7 +43,13 @@ class _NodeDatapath:
         self._enis: dict[str, EniDevice] = {}
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        # The one place where netlink, OS and bcc errors become the port's DatapathError.
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except DatapathError:
+            raise
+        except Exception as e:  # bcc raises bare Exception
+            raise DatapathError(f"{type(e).__name__}: {e}") from e
 
     async def start(self, enis: Sequence[EniLink]) -> None:
         """Turn on forwarding in the host netns and set up the ENIs attached now.
@@ -52,11 +58,12 @@ class _NodeDatapath:
         others, and wiring a pod on it tries again (and fails with the reason).
         """
         await self._run(self._wiring.enable_forwarding)
-        for eni in enis:
-            try:
-                await self.add_eni(eni)
-            except DatapathError as e:
-                log.error("ENI %s not set up: %s", eni.eni_id, e)
+        results = await asyncio.gather(*(self.add_eni(e) for e in enis), return_exceptions=True)
+        for eni, result in zip(enis, results, strict=True):
+            if isinstance(result, DatapathError):
+                log.error("ENI %s not set up: %s", eni.eni_id, result)
+            elif isinstance(result, BaseException):
+                raise result
 
     async def add_eni(self, eni: EniLink) -> None:
         """Bring an ENI up with its route table (and program, in BPF mode)."""
