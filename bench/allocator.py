@@ -124,7 +124,7 @@ def run_peer(prefixes: int, per_eni: int, ops: list[tuple[str, int]]) -> float:
 
 
 def main() -> list[dict[str, object]]:
-    """Rows: scenario, ops, vpcni ops/s, peer ops/s, ratio."""
+    """Rows: scenario, ops, vpcni ops/s, peer ops/s, ratio (vpcni / peer throughput)."""
     rows: list[dict[str, object]] = []
     for name, prefixes, per_eni, fill in (
         ("m5.large prefix pool (7 x /28), 100 pods", 7, 9, 100),

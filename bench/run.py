@@ -1,0 +1,45 @@
+"""`make bench`: every benchmark, side by side with its peer, printed as a markdown report.
+
+Results belong in docs/benchmarks.md (with the date and the machine); ratios are vpcni / peer
+for times (lower is better) and peer / vpcni for rates, so > 1 always means vpcni is ahead
+only where the column says so.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+from bench import allocator, cni
+
+
+def main() -> None:
+    print(f"# vpcni benchmarks, {time.strftime('%Y-%m-%d')}, {platform.node()}, "
+          f"{os.cpu_count()} CPUs, kernel {platform.release()}\n")  # fmt: skip
+    print("## Allocator churn (ops/s, best of 5; ratio = vpcni / peer throughput)\n")
+    print("| scenario | ops | vpcni ops/s | peer ops/s | vpcni/peer |")
+    print("|---|---|---|---|---|")
+    for row in allocator.main():
+        print(
+            f"| {row['scenario']} | {row['ops']} | {row['vpcni_ops_s']} | {row['peer_ops_s']} "
+            f"| {row['ratio']} |"
+        )
+    if os.geteuid() != 0:
+        print("\n(CNI latency needs root: skipped)")
+        return
+    print("\n## CNI plugin latency (median ms; ratio = vpcni / ptp+host-local, lower is better)\n")
+    print("| datapath | pods | ADD vpcni | ADD peer | ratio | DEL vpcni | DEL peer | ratio "
+          "| VERSION vpcni | VERSION peer | ratio |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for mode in ("bpf", "kernel"):
+        r = cni.run(datapath=mode)
+        print(
+            f"| {r['datapath']} | {r['pods']} | {r['vpcni_add_ms']} | {r['peer_add_ms']} "
+            f"| {r['add_ratio']} | {r['vpcni_del_ms']} | {r['peer_del_ms']} | {r['del_ratio']} "
+            f"| {r['vpcni_version_ms']} | {r['peer_version_ms']} | {r['version_ratio']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
