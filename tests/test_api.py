@@ -4,6 +4,7 @@ metrics on loopback TCP, all served by `agent.api.server.serve` around an in-pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -72,13 +73,9 @@ class Api:
         return text, out
 
 
-@pytest.fixture
-async def api(
-    tmp_path: Path, sock_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Api]:
-    monkeypatch.setenv("WARM_PREFIX_TARGET", "1")
-    monkeypatch.setenv("ENABLE_PREFIX_DELEGATION", "true")
-    node = fakes.node(fakes.world(), fakes.settings(tmp_path))
+@contextlib.asynccontextmanager
+async def serving(node: Node, sock_dir: Path) -> AsyncIterator[Api]:
+    """Start `node`, serve it on a socket in `sock_dir` and metrics on loopback."""
     await node.start()
     socket = sock_dir / "a.sock"
     runners = await serve(
@@ -95,6 +92,16 @@ async def api(
         for runner in runners:
             await runner.cleanup()
         await node.stop()
+
+
+@pytest.fixture
+async def api(
+    tmp_path: Path, sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Api]:
+    monkeypatch.setenv("WARM_PREFIX_TARGET", "1")
+    monkeypatch.setenv("ENABLE_PREFIX_DELEGATION", "true")
+    async with serving(fakes.node(fakes.world(), fakes.settings(tmp_path)), sock_dir) as api:
+        yield api
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -352,3 +359,21 @@ async def test_metrics_carry_the_vpc_cni_names(api: Api) -> None:
     assert m["awscni_ipamd_error_count_total"][(("fn", "no_available_ip"),)] == 1
     assert m["vpcni_add_wait_ms_count"][()] == 2
     assert m["vpcni_add_wait_ms_bucket"][(("le", "+Inf"),)] == 2
+
+
+async def test_status_is_code_50_when_no_address_can_be_had(tmp_path: Path, sock_dir: Path) -> None:
+    # Every /28 of the subnet is broken up and fallback to secondary IPs is off.
+    w = fakes.world(subnet_cidr="10.0.0.0/24", fragmentation=0.5)
+    node = fakes.node(w, fakes.settings(tmp_path, prefix_fallback=False))
+    async with serving(node, sock_dir) as api:
+        await fakes.until(lambda: bool(node.backoff.subnets), what="a prefix back-off")
+
+        status, error = await api.get("/v1/cni/status")
+        _, pool = await api.get("/v1/pool")
+
+    assert (status, error["code"]) == (503, 50)
+    assert "back off" in error["details"]
+    [backoff] = pool["backoff"]
+    assert backoff["subnet_id"] == w.subnet_id and backoff["failures"] == 1
+    assert backoff["retry_in_s"] > 0 and backoff["fallback"] is False
+    assert "InsufficientCidrBlocks" in pool["plans"][0]["outcome"]
