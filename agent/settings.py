@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Any
 
 from agent.ipam.planner import PoolSettings
 
@@ -183,27 +184,40 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     e = _Env(env)
     p = argparse.ArgumentParser(
         prog="vpcni-agent",
-        description="vpcni node agent: VPC IPs for pods, BPF datapath",
+        description="vpcni node agent: VPC IPs for pods, BPF datapath. Every flag also reads an "
+        "env var; the warm-pool knobs are the VPC CNI's env vars (README, docs/api.md).",
     )
-    p.add_argument("--cloud", choices=("aws", "sim"), default=e.text("VPCNI_CLOUD", "aws"))
-    p.add_argument("--sim-instance-type", default=e.text("VPCNI_SIM_INSTANCE_TYPE", "m5.large"))
-    p.add_argument("--sim-subnet-cidr", default=e.text("VPCNI_SIM_SUBNET_CIDR", "10.0.0.0/20"))
-    p.add_argument("--sim-fragmentation", default=e.text("VPCNI_SIM_FRAGMENTATION", "0"))
-    p.add_argument("--sim-latency-scale", default=e.text("VPCNI_SIM_LATENCY_SCALE", "0"))
-    p.add_argument("--sim-faults", default=e.text("VPCNI_SIM_FAULTS", ""))
-    p.add_argument("--sim-seed", default=e.text("VPCNI_SIM_SEED", "0"))
-    p.add_argument("--socket", default=e.text("VPCNI_SOCKET", "/run/vpcni/agent.sock"))
-    p.add_argument("--state-dir", default=e.text("VPCNI_STATE_DIR", "/var/run/vpcni"))
-    p.add_argument(
-        "--datapath",
-        choices=("bpf", "kernel", "none"),
-        default=e.text("VPCNI_DATAPATH", "bpf"),
-    )
-    p.add_argument("--host-netns", default=e.raw("VPCNI_HOST_NETNS"))
-    p.add_argument(
-        "--introspection", default=e.text("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:61679")
-    )
-    p.add_argument("--metrics", default=e.text("VPCNI_METRICS_BIND_ADDRESS", ":61678"))
+
+    def flag(name: str, env_name: str, default: str | None, doc: str, **kw: Any) -> None:
+        p.add_argument(
+            name,
+            default=e.raw(env_name) or default,
+            help=f"{doc} [env {env_name}; default {default or 'unset'}]",
+            **kw,
+        )
+
+    flag("--cloud", "VPCNI_CLOUD", "aws", "EC2 to use: real AWS or the embedded emulator",
+         choices=("aws", "sim"))  # fmt: skip
+    flag("--sim-instance-type", "VPCNI_SIM_INSTANCE_TYPE", "m5.large", "emulated instance type")
+    flag("--sim-subnet-cidr", "VPCNI_SIM_SUBNET_CIDR", "10.0.0.0/20", "emulated node subnet")
+    flag("--sim-fragmentation", "VPCNI_SIM_FRAGMENTATION", "0",
+         "share of the subnet held by other tenants, in [0, 0.99]")  # fmt: skip
+    flag("--sim-latency-scale", "VPCNI_SIM_LATENCY_SCALE", "0",
+         "EC2 latency factor: 1.0 is like AWS, 0 instant")  # fmt: skip
+    flag("--sim-faults", "VPCNI_SIM_FAULTS", "", "fault spec (docs/emulator.md)")
+    flag("--sim-seed", "VPCNI_SIM_SEED", "0", "emulator random seed")
+    flag("--socket", "VPCNI_SOCKET", "/run/vpcni/agent.sock", "CNI API Unix socket (mode 0600)")
+    flag("--state-dir", "VPCNI_STATE_DIR", "/var/run/vpcni",
+         "checkpoint directory (AWS_VPC_K8S_CNI_BACKING_STORE names the file itself)")  # fmt: skip
+    flag("--datapath", "VPCNI_DATAPATH", "bpf",
+         "pod networking: tc BPF, kernel routes only, or none (IPAM only)",
+         choices=("bpf", "kernel", "none"))  # fmt: skip
+    flag("--host-netns", "VPCNI_HOST_NETNS", None,
+         "the node's network side lives in this netns (sandboxes, demos, tests)")  # fmt: skip
+    flag("--introspection", "INTROSPECTION_BIND_ADDRESS", "127.0.0.1:61679",
+         "introspection HOST:PORT (DISABLE_INTROSPECTION=true turns it off)")  # fmt: skip
+    flag("--metrics", "VPCNI_METRICS_BIND_ADDRESS", ":61678",
+         "Prometheus metrics HOST:PORT (DISABLE_METRICS=true turns it off)")  # fmt: skip
     return p
 
 
