@@ -351,12 +351,13 @@ async def test_metrics_carry_the_vpc_cni_names(api: Api) -> None:
     assert m["awscni_assigned_ip_addresses"][()] == 1
     assert m["awscni_total_ip_addresses"][()] >= 16
     assert m["awscni_total_ipv4_prefixes"][()] >= 1
-    assert m["awscni_add_ip_req_count_total"][()] == 2
-    assert m["awscni_del_ip_req_count_total"][()] == 1
-    assert m["awscni_ec2api_req_count_total"][(("fn", "assign_prefixes"),)] >= 1
+    assert m["awscni_add_ip_req_count"][()] == 2
+    assert m["awscni_del_ip_req_count"][()] == 1
+    assert m["awscni_ec2api_req_count"][(("fn", "assign_prefixes"),)] >= 1
     assert (("api", "assign_prefixes"),) in m["awscni_aws_api_latency_ms_count"]
-    assert "awscni_ipamd_error_count" in text
-    assert m["awscni_ipamd_error_count_total"][(("fn", "no_available_ip"),)] == 1
+    # The VPC CNI's bare counter names (no _total), as its dashboards and alerts query them.
+    assert "\nawscni_add_ip_req_count 2.0\n" in text
+    assert m["awscni_ipamd_error_count"][(("fn", "no_available_ip"),)] == 1
     assert m["vpcni_add_wait_ms_count"][()] == 2
     assert m["vpcni_add_wait_ms_bucket"][(("le", "+Inf"),)] == 2
 

@@ -2,6 +2,10 @@
 
 The VPC CNI's awscni_* names where they mean the same thing, vpcni_* for what is new. Nothing
 in the core or the node bumps a Prometheus object: a collector reads their plain counters.
+
+The VPC CNI (Go client) exposes its counters under their bare names, `awscni_add_ip_req_count`,
+where prometheus-client would append `_total`; dashboards and alerts written for it query the
+bare names, so those few are exposed untyped under exactly that name (`vpc_cni_counter`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
     SummaryMetricFamily,
+    UnknownMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -50,8 +55,8 @@ class NodeCollector:
         yield gauge("awscni_total_ipv4_prefixes", "/28 prefixes in the pool", stats.prefixes)
         yield gauge("awscni_ip_max", "Max pods on this node", node.max_pods)
         yield gauge("vpcni_cooling_ip_addresses", "Released addresses in cooldown", stats.cooling)
-        yield counter("awscni_add_ip_req_count", "CNI ADD requests", c.add)
-        yield counter("awscni_del_ip_req_count", "CNI DEL requests", c.delete)
+        yield vpc_cni_counter("awscni_add_ip_req_count", "CNI ADD requests", c.add)
+        yield vpc_cni_counter("awscni_del_ip_req_count", "CNI DEL requests", c.delete)
         yield counter("vpcni_add_errors", "CNI ADD requests that failed", c.add_errors)
         yield counter(
             "vpcni_add_waited", "CNI ADDs that found the pool empty and waited", c.add_waited
@@ -60,9 +65,7 @@ class NodeCollector:
         yield counter("vpcni_plan_errors", "Pool actions that failed", c.plan_errors)
         yield counter("vpcni_leases_dropped", "Leases dropped: block vanished", c.leases_dropped)
         yield counter("vpcni_checkpoint_writes", "Checkpoint writes", node.store.writes)
-        errors = CounterMetricFamily(
-            "awscni_ipamd_error_count", "IPAM errors by kind", labels=["fn"]
-        )
+        errors = vpc_cni_counter("awscni_ipamd_error_count", "IPAM errors by kind", labels=["fn"])
         for kind, count in sorted(c.ipamd_errors.items()):
             errors.add_metric([kind], count)
         yield errors
@@ -87,9 +90,16 @@ class NodeCollector:
         yield from _ec2_metrics(node)
 
 
+def vpc_cni_counter(
+    name: str, doc: str, value: float | None = None, *, labels: list[str] | None = None
+) -> UnknownMetricFamily:
+    """A VPC CNI counter under its exact name (no `_total`), as the VPC CNI exposes it."""
+    return UnknownMetricFamily(name, doc, value=value, labels=labels)
+
+
 def _ec2_metrics(node: Node) -> Iterator[Metric]:
-    reqs = CounterMetricFamily("awscni_ec2api_req_count", "EC2 API calls", labels=["fn"])
-    errs = CounterMetricFamily("awscni_ec2api_error_count", "EC2 API errors", labels=["fn"])
+    reqs = vpc_cni_counter("awscni_ec2api_req_count", "EC2 API calls", labels=["fn"])
+    errs = vpc_cni_counter("awscni_ec2api_error_count", "EC2 API errors", labels=["fn"])
     latency = SummaryMetricFamily(
         "awscni_aws_api_latency_ms", "EC2 API latency (ms)", labels=["api"]
     )
