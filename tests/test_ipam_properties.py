@@ -225,10 +225,24 @@ class IpamMachine(RuleBasedStateMachine):
             )
             self.check_plan(decision)
             if decision.action is None:
-                return
+                break
             self.ec2.apply(self.state, decision.action, now=self.now)
             self.check_node()
-        raise AssertionError(f"planner did not settle: last {decision}")
+        else:
+            raise AssertionError(f"planner did not settle: last {decision}")
+        self.check_not_starved()
+
+    def check_not_starved(self) -> None:
+        """A settled pool has an address for the next pod unless a limit stops it."""
+        stats = self.state.stats(self.now)
+        slots = self.limits.instance.slots_per_eni
+        room = any(len(e.blocks) < slots for e in self.state.pod_enis()) or len(
+            self.state.enis
+        ) < max_enis(self.settings, self.limits.instance)
+        # MINIMUM_IP_TARGET alone asks for nothing once the minimum exists (as in ipamd).
+        minimum_only = not self.settings.warm_ip_target and bool(self.settings.minimum_ip_target)
+        if room and stats.total < self.limits.max_pods and not minimum_only:
+            assert stats.available > 0, f"pool settled with nothing available: {stats}"
 
     def check_plan(self, decision: Decision) -> None:
         assert decision.reason
