@@ -725,3 +725,72 @@ class TestPrefixBackoff:
         backoff.record_failure(PRIMARY_SUBNET, now=NOW, jitter=0.0)
         d = decide(state, prefix_ip_targets(5, 30), M5, now=NOW + 1, backoff=backoff)
         assert d.action == AssignIps(eni_id="eni-0", count=9)  # short 30, room for 9
+
+
+# -- limits and purity ---------------------------------------------------------------------
+
+
+def test_max_eni_in_secondary_mode() -> None:
+    ec2 = FakeEc2()
+    state = fresh_node(ec2)
+    settings = dataclasses.replace(SECONDARY, max_eni=2)
+    for n in range(18):
+        settle(state, settings, M5_SECONDARY, ec2, now=NOW)
+        add_pods(state, 1, now=NOW, start=n)
+    d = decide(state, settings, M5_SECONDARY)
+    assert d.action is None and "2 of 2" in d.reason
+    assert list(block_counts(state)) == [(0, 9), (0, 9)]
+
+
+def test_warm_ip_target_prefixes_stop_at_max_pods() -> None:
+    # 96 pods on 6 prefixes, WARM_IP_TARGET=50: short 50 → 4 prefixes, but max pods 110 leaves
+    # room for 14 → one prefix (112), then nothing.
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, prefixes=6)
+    add_pods(state, 96, now=NOW)
+    settings = prefix_ip_targets(50, None)
+    d = decide(state, settings, M5)
+    assert d.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=1)
+    assert d.short == 4
+    ec2.apply(state, d.action, now=NOW)
+    d = decide(state, settings, M5)
+    assert d.action is None and "max pods 110" in d.reason
+
+
+def test_backoff_is_per_subnet_under_custom_networking() -> None:
+    # The pod subnet ran out of /28s; the primary's subnet failing would not matter.
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, custom_networking=True)
+    settings = dataclasses.replace(PREFIX_1, custom_networking=True)
+    limits = limits_for("m5.large", prefix=True, custom_networking=True)
+    backoff = PrefixBackoff()
+    backoff.record_failure(PRIMARY_SUBNET, now=NOW, jitter=0.0)
+    d = decide(state, settings, limits, backoff=backoff)
+    assert d.action == CreateEni(subnet_id=POD_SUBNET, prefixes=1)
+    backoff.record_failure(POD_SUBNET, now=NOW, jitter=0.0)
+    d = decide(state, settings, limits, backoff=backoff)
+    assert d.action == CreateEni(subnet_id=POD_SUBNET, ips=9)
+    assert POD_SUBNET in d.reason
+
+
+def test_plan_changes_nothing() -> None:
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, prefixes=4)
+    leases = add_pods(state, 20, now=NOW)
+    state.release(leases[0].key, now=NOW, cooldown=30)
+
+    def snapshot() -> object:
+        return (
+            {
+                eni.id: {
+                    c: (b.assigned, b.reserved, dict(b.cooling)) for c, b in eni.blocks.items()
+                }
+                for eni in state.enis.values()
+            },
+            sorted(state.leases(), key=lambda lease: lease.key),
+        )
+
+    before = snapshot()
+    for settings in (PREFIX_1, SECONDARY, prefix_ip_targets(5, 30), PoolSettings(warm_ip_target=1)):
+        decide(state, settings, M5, now=NOW + 1)
+    assert snapshot() == before
