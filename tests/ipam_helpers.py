@@ -228,7 +228,7 @@ def settle(
 ) -> list[Decision]:
     """Plan and apply until the planner is content; returns the decisions that acted."""
     backoff = backoff or PrefixBackoff()
-    acted = []
+    acted: list[Decision] = []
     for _ in range(rounds):
         decision = plan(state, settings, limits, backoff=backoff, now=now)
         if decision.action is None:
