@@ -182,8 +182,22 @@ class TestAllocate:
         assert sorted(state.leases(), key=lambda lease: lease.key) == sorted(
             leases, key=lambda lease: lease.key
         )
-        # O(1): both are dict lookups, not scans
-        assert key(3) in state._leases and leases[3].ip in state._by_ip
+
+
+def test_lookups_do_not_scan_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # O(1) by key and by IP: with 2,000 leases on 125 prefixes, neither lookup walks the blocks.
+    prefixes = tuple(f"10.0.{n // 16}.{n % 16 * 16}/28" for n in range(125))
+    state = node({"primary_ip": "10.1.0.10", "prefixes": prefixes})
+    leases = [alloc(state, n) for n in range(2000)]
+
+    def no_scan(self: NodeState, ip: IPv4Address) -> None:
+        raise AssertionError("lookup scanned the blocks")
+
+    monkeypatch.setattr(NodeState, "find_block", no_scan)
+    for lease in leases[::7]:
+        assert state.lease(lease.key) is lease
+        assert state.lease_by_ip(lease.ip) is lease
+        assert state.allocate(lease.key, pod_namespace="", pod_name="", now=NOW) is lease
 
 
 # -- release, cooldown, rollback ------------------------------------------------------------
