@@ -179,3 +179,34 @@ def test_garbage_never_escapes_as_another_error(data: bytes) -> None:
 def test_odd_allocations_never_escape_as_another_error(entry: object) -> None:
     with contextlib.suppress(CheckpointError):
         decode(_doc(entry))
+
+
+def test_node_state_survives_a_restart_through_the_checkpoint() -> None:
+    views = [
+        eni_view(prefixes=("10.0.1.16/28", "10.0.1.32/28")),
+        eni_view(
+            "eni-1",
+            device_number=1,
+            primary=False,
+            primary_ip="10.0.0.11",
+            secondary_ips=("10.0.2.5", "10.0.2.6"),
+        ),
+    ]
+    before = NodeState()
+    before.reconcile(views)
+    for n in range(30):
+        assert before.allocate(key(n), pod_namespace="ns", pod_name=f"p{n}", now=float(n))
+    for n in range(0, 30, 3):
+        before.release(key(n), now=100.0, cooldown=30)
+    data = encode(before.leases())
+
+    after = NodeState()
+    after.reconcile(views)
+    assert all(after.restore(lease) for lease in decode(data))
+    assert sorted(after.leases(), key=lambda lease: lease.key) == sorted(
+        before.leases(), key=lambda lease: lease.key
+    )
+    assert after.stats(200.0) == before.stats(200.0)
+    # the restarted node hands out the addresses the old one had free, not the leased ones
+    fresh = after.allocate(key("new"), pod_namespace="ns", pod_name="new", now=200.0)
+    assert fresh is not None and before.lease_by_ip(fresh.ip) is None
