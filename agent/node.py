@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -195,6 +195,7 @@ class Node:
         self._pool_changed = asyncio.Condition()
         self._manager: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._adding: Counter[IPAMKey] = Counter()
         self._last_resync = 0.0
 
     # -- start-up and shutdown -----------------------------------------------------------------
@@ -287,6 +288,17 @@ class Node:
             raise NodeError(11, "agent is shutting down", status=503)
         if not self.ready:
             raise NodeError(11, "agent is starting", status=503)
+        # GC must not release an attachment whose ADD is still running: the runtime cannot
+        # list it as valid yet, and the pod would get an address the pool hands out again.
+        self._adding[req.key] += 1
+        try:
+            return await self._add(req)
+        finally:
+            self._adding[req.key] -= 1
+            if not self._adding[req.key]:
+                del self._adding[req.key]
+
+    async def _add(self, req: PodRequest) -> Attachment:
         self.counters.add += 1
         started = self.clock()
         lease = await self._lease(req)
@@ -408,6 +420,8 @@ class Node:
         ]
         released: list[Lease] = []
         for lease in stale:
+            if lease.key in self._adding:
+                continue
             req = PodRequest(
                 key=lease.key,
                 netns="",

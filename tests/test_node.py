@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from agent.ipam import checkpoint
+from agent.ipam import checkpoint, instances
 from agent.ipam.state import IPAMKey, Lease
 from agent.node import Node, NodeError, PodRequest
 from agent.settings import Settings
+from datapath.port import NoDatapath, PodNetwork, WiredPod
 from tests import fakes
 
 NETWORK = "vpcni"
@@ -428,3 +429,41 @@ async def test_stop_is_prompt_right_after_a_wake_up(tmp_path: Path, yields: int)
     await asyncio.wait_for(n.stop(), timeout=5)
 
     assert n._manager is not None and n._manager.done()
+
+
+class HeldDatapath(NoDatapath):
+    """Wiring waits until the test lets it finish."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.wiring = 0
+
+    async def wire(self, pod: PodNetwork) -> WiredPod:
+        self.wiring += 1
+        await self.release.wait()
+        return await super().wire(pod)
+
+
+async def test_gc_leaves_an_attachment_whose_add_is_still_running(tmp_path: Path) -> None:
+    s = fakes.settings(tmp_path)
+    w = fakes.world()
+    datapath = HeldDatapath()
+    n = Node(
+        settings=s,
+        identity=w.identity,
+        instance=instances.lookup(w.identity.instance_type),
+        ec2=fakes.ModelEc2(w.model),
+        datapath=datapath,
+    )
+    await n.start()
+    adding = asyncio.create_task(n.add(req("c1")))
+    await fakes.until(lambda: datapath.wiring == 1, what="the ADD to reach wiring")
+
+    released = await n.gc(NETWORK, [])  # the runtime does not know c1 yet
+    datapath.release.set()
+    attachment = await adding
+
+    assert released == []
+    assert n.state.lease(key("c1")) == attachment.lease
+    assert set(saved(s)) == {key("c1")}
+    await n.stop()
