@@ -111,12 +111,15 @@ async def run(settings: Settings) -> None:
         except Ec2Error as e:
             raise StartupError(f"EC2 describe failed: {e}") from e
         stack.push_async_callback(node.stop)
-        runners = await serve(
-            node,
-            socket_path=settings.socket,
-            introspection_addr=settings.introspection,
-            metrics_addr=settings.metrics,
-        )
+        try:
+            runners = await serve(
+                node,
+                socket_path=settings.socket,
+                introspection_addr=settings.introspection,
+                metrics_addr=settings.metrics,
+            )
+        except (OSError, RuntimeError) as e:  # a port in use, a live agent on the socket
+            raise StartupError(f"cannot listen: {e}") from e
         for runner in runners:
             stack.push_async_callback(runner.cleanup)
         log.info(

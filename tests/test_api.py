@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,3 +380,31 @@ async def test_status_is_code_50_when_no_address_can_be_had(tmp_path: Path, sock
     assert backoff["subnet_id"] == w.subnet_id and backoff["failures"] == 1
     assert backoff["retry_in_s"] > 0 and backoff["fallback"] is False
     assert "InsufficientCidrBlocks" in pool["plans"][0]["outcome"]
+
+
+async def test_the_socket_is_0600_and_a_live_one_is_not_taken_over(
+    api: Api, sock_dir: Path
+) -> None:
+    assert stat.S_IMODE(api.socket.stat().st_mode) == 0o600
+    with pytest.raises(RuntimeError, match="another agent"):
+        await serve(api.node, socket_path=api.socket, introspection_addr=None, metrics_addr=None)
+    assert await api.get("/healthz") == (200, {"ok": True})
+
+
+async def test_a_listener_that_cannot_start_stops_the_others(
+    tmp_path: Path, sock_dir: Path
+) -> None:
+    node = fakes.node(fakes.world(), fakes.settings(tmp_path))
+    await node.start()
+    path = sock_dir / "b.sock"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError):
+            await serve(
+                node, socket_path=path, introspection_addr=None, metrics_addr=f"127.0.0.1:{port}"
+            )
+    with pytest.raises(OSError), socket.socket(socket.AF_UNIX) as probe:
+        probe.connect(str(path))  # nobody is left listening on the agent socket
+    await node.stop()

@@ -54,8 +54,25 @@ async def serve(
     introspection_addr: str | None,
     metrics_addr: str | None,
 ) -> list[web.AppRunner]:
-    """Start every listener; returns the runners to clean up at shutdown."""
+    """Start every listener; returns the runners to clean up at shutdown. If one cannot be
+    started (a live agent on the socket, a port in use), those already started are stopped."""
     runners: list[web.AppRunner] = []
+    try:
+        await _start(node, runners, socket_path, introspection_addr, metrics_addr)
+    except BaseException:
+        for started in reversed(runners):
+            await started.cleanup()
+        raise
+    return runners
+
+
+async def _start(
+    node: Node,
+    runners: list[web.AppRunner],
+    socket_path: Path,
+    introspection_addr: str | None,
+    metrics_addr: str | None,
+) -> None:
     socket_app = app(node, cni.routes() + introspection.routes())
     runner = web.AppRunner(socket_app, access_log=None, shutdown_timeout=10)
     await runner.setup()
@@ -78,7 +95,6 @@ async def serve(
         await tcp.setup()
         runners.append(tcp)
         await web.TCPSite(tcp, host, port, reuse_address=True).start()
-    return runners
 
 
 def _remove_stale(path: Path) -> None:
