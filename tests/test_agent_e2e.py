@@ -296,3 +296,24 @@ def test_restart_restores_every_assignment(shim: Path, start_agent: Any, sock_di
     assert rc == 0 and address(result) == next(p["ip"] for p in before if p["container_id"] == "p0")
     assert cni("DEL", "p0") == (0, None)
     assert len(again.get("/v1/pods")) == 19
+
+
+def test_sigterm_finishes_an_add_in_flight(shim: Path, start_agent: Any, sock_dir: Path) -> None:
+    # The ADD waits for a slow first prefix; SIGTERM arrives meanwhile.
+    agent = start_agent("--sim-latency-scale", "2", WARM_PREFIX_TARGET="0")
+    cni = Cni(shim, agent.socket)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        adding = pool.submit(cni, "ADD", "inflight")
+        deadline = time.monotonic() + 10
+        while "\nawscni_add_ip_req_count 1.0\n" not in agent.metrics():
+            assert time.monotonic() < deadline, "the ADD never reached the agent"
+            time.sleep(0.01)
+
+        assert agent.stop() == 0
+        rc, result = adding.result(timeout=30)
+
+    assert rc == 0, result
+    saved = checkpoint.decode((sock_dir / "ipam.json").read_bytes())
+    assert [(lease.key.container_id, str(lease.ip)) for lease in saved] == [
+        ("inflight", address(result))
+    ]
