@@ -300,9 +300,9 @@ class Node:
 
     async def _add(self, req: PodRequest) -> Attachment:
         self.counters.add += 1
-        started = self.clock()
+        started = _monotonic()
         lease = await self._lease(req)
-        waited_ms = (self.clock() - started) * 1000
+        waited_ms = (_monotonic() - started) * 1000
         self.counters.add_wait_ms.observe(waited_ms)
         eni = self.state.enis.get(lease.eni_id)
         if eni is None:  # the block went away while we waited; the pool manager will refill
@@ -334,7 +334,8 @@ class Node:
         return Attachment(lease=lease, wired=wired, mtu=pod.mtu, waited_ms=waited_ms)
 
     async def _lease(self, req: PodRequest) -> Lease:
-        deadline = self.clock() + self.settings.add_wait_ms / 1000
+        # Monotonic: a wall-clock step must not stretch or cut VPCNI_ADD_WAIT_MS.
+        deadline = _monotonic() + self.settings.add_wait_ms / 1000
         prefer = prefix_mode(self.settings.pool, self.instance)
         waited = False
         while True:
@@ -351,7 +352,7 @@ class Node:
                 waited = True
                 self.counters.add_waited += 1
             self.wake()
-            remaining = deadline - self.clock()
+            remaining = deadline - _monotonic()
             if remaining <= 0:
                 self.counters.add_errors += 1
                 self.counters.error("no_available_ip")
@@ -646,6 +647,10 @@ class Node:
             mtu=req.mtu or self.settings.pod_mtu,
             veth_prefix=req.veth_prefix or self.settings.veth_prefix,
         )
+
+
+def _monotonic() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def describe(action: Action) -> str:

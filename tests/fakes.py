@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -288,7 +288,9 @@ def settings(
     )
 
 
-def node(w: World, s: Settings, *, ec2: ModelEc2 | None = None, clock: Clock | None = None) -> Node:
+def node(
+    w: World, s: Settings, *, ec2: ModelEc2 | None = None, clock: Callable[[], float] | None = None
+) -> Node:
     """A Node over the world's model, with no datapath."""
     clock = clock or Clock()
     return Node(

@@ -467,3 +467,19 @@ async def test_gc_leaves_an_attachment_whose_add_is_still_running(tmp_path: Path
     assert n.state.lease(key("c1")) == attachment.lease
     assert set(saved(s)) == {key("c1")}
     await n.stop()
+
+
+async def test_the_add_wait_follows_the_monotonic_clock_not_the_wall_clock(
+    tmp_path: Path, make: Make
+) -> None:
+    # A wall clock that stands still (or was stepped back) must not make ADD wait forever.
+    s = fakes.settings(tmp_path, prefix_delegation=False, max_eni=1, add_wait_ms=200)
+    n = make(fakes.world(), s, clock=lambda: 1_800_000_000.0)
+    await n.start()
+    for i in range(9):
+        await n.add(req(f"c{i}"))
+
+    with pytest.raises(NodeError) as failed:
+        await asyncio.wait_for(n.add(req("c9")), timeout=5)
+
+    assert failed.value.code == 11
