@@ -30,8 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in ROOMS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).configure(name, p)
+        try:
+            importlib.import_module(module).configure(name, p)
+        except ImportError as e:
+            # One room missing a dependency (bcc, say) must not take the other commands down.
+            p.set_defaults(handler=_unavailable(name, e))
     return parser
+
+
+def _unavailable(name: str, error: ImportError) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        print(f"vpcni-ctl {name}: unavailable here: {error}", file=sys.stderr)
+        return 1
+
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
