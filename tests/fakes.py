@@ -44,8 +44,8 @@ LIMITS = ("PrivateIpAddressLimitExceeded", "AttachmentLimitExceeded")
 class Clock:
     """Epoch seconds that follow real time, plus whatever `advance` adds.
 
-    Real time keeps flowing so the node's ADD deadlines (compared with asyncio timeouts) pass;
-    `advance` jumps over cooldowns and back-offs without sleeping.
+    Real time keeps flowing, as a wall clock does; `advance` jumps over cooldowns and
+    back-offs without sleeping.
     """
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import socket
 import stat
 from collections.abc import AsyncIterator
@@ -408,3 +409,22 @@ async def test_a_listener_that_cannot_start_stops_the_others(
     with pytest.raises(OSError), socket.socket(socket.AF_UNIX) as probe:
         probe.connect(str(path))  # nobody is left listening on the agent socket
     await node.stop()
+
+
+async def test_a_checkpoint_that_cannot_be_written_is_try_again_and_nothing_leaks(
+    tmp_path: Path, sock_dir: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    node = fakes.node(fakes.world(), fakes.settings(state_dir))
+    async with serving(node, sock_dir) as api:
+        assert (await api.post("/v1/cni/add", pod("kept")))[0] == 200
+        shutil.rmtree(state_dir)
+        state_dir.write_text("in the way")
+
+        add_status, add_error = await api.post("/v1/cni/add", pod("new"))
+        del_status, del_error = await api.post("/v1/cni/del", pod("kept"))
+        _, pods = await api.get("/v1/pods")
+
+    assert (add_status, add_error["code"]) == (503, 11)
+    assert (del_status, del_error["code"]) == (503, 11)
+    assert [p["container_id"] for p in pods] == ["kept"]
