@@ -301,6 +301,9 @@ class Node:
     async def _add(self, req: PodRequest) -> Attachment:
         self.counters.add += 1
         started = _monotonic()
+        # A repeated ADD (runtime retry) returns the saved lease; a failure of the repeat must
+        # not take that lease, or the wiring of the pod that already uses it, away.
+        fresh = self.state.lease(req.key) is None
         lease = await self._lease(req)
         waited_ms = (_monotonic() - started) * 1000
         self.counters.add_wait_ms.observe(waited_ms)
@@ -311,11 +314,12 @@ class Node:
         try:
             wired = await self.datapath.wire(pod)
         except DatapathError as e:
-            self.state.unallocate(lease)
             self.counters.add_errors += 1
             self.counters.error("datapath")
-            with contextlib.suppress(DatapathError):
-                await self.datapath.unwire(pod)
+            if self._owns(req.key, fresh):
+                self.state.unallocate(lease)
+                with contextlib.suppress(DatapathError):
+                    await self.datapath.unwire(pod)
             status = 400 if e.missing_netns else 500
             raise NodeError(
                 4 if e.missing_netns else 999, f"wiring failed: {e}", status=status
@@ -323,15 +327,21 @@ class Node:
         try:
             await self.store.commit()
         except StoreError as e:
-            self.state.unallocate(lease)
             self.counters.add_errors += 1
             self.counters.error("checkpoint")
-            with contextlib.suppress(DatapathError):
-                await self.datapath.unwire(pod)
+            if self._owns(req.key, fresh):
+                self.state.unallocate(lease)
+                with contextlib.suppress(DatapathError):
+                    await self.datapath.unwire(pod)
             self._spawn(self._commit_quietly())
             raise NodeError(11, str(e), status=503) from e
         self.wake()
         return Attachment(lease=lease, wired=wired, mtu=pod.mtu, waited_ms=waited_ms)
+
+    def _owns(self, key: IPAMKey, fresh: bool) -> bool:
+        """May a failed ADD roll its lease back? Only if it created it and no other ADD of the
+        same key is in flight."""
+        return fresh and self._adding.get(key, 0) == 1
 
     async def _lease(self, req: PodRequest) -> Lease:
         # Monotonic: a wall-clock step must not stretch or cut VPCNI_ADD_WAIT_MS.

@@ -377,6 +377,24 @@ async def test_a_failed_checkpoint_write_rolls_back_add_and_del(tmp_path: Path, 
 # -- the pool manager --------------------------------------------------------------------------
 
 
+async def test_a_failed_repeat_add_keeps_the_lease_the_first_add_saved(
+    tmp_path: Path, make: Make
+) -> None:
+    state_dir = tmp_path / "state"
+    s = fakes.settings(state_dir)
+    n = make(fakes.world(), s)
+    await n.start()
+    first = await n.add(req("c1"))
+    shutil.rmtree(state_dir)
+    state_dir.write_text("in the way")
+
+    with pytest.raises(NodeError):
+        await n.add(req("c1"))  # the runtime retries; this time the write fails
+
+    assert n.state.lease(key("c1")) == first.lease
+    assert n.state.lease_by_ip(first.lease.ip) == first.lease
+
+
 async def test_insufficient_cidr_backs_off_and_falls_back_to_secondary_ips(
     tmp_path: Path, make: Make
 ) -> None:
