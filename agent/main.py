@@ -87,6 +87,7 @@ async def run(settings: Settings) -> None:
             links = sim.SandboxLinks(cloud, sandbox)
             await asyncio.to_thread(links.attach_existing, cloud.instance_id)
             cloud.model.add_listener(links)
+            stack.callback(links.close)
             stack.callback(cloud.model.remove_listener, links)
         datapath = await _datapath(settings)
         if sandbox is not None:

@@ -11,7 +11,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -127,11 +128,27 @@ def _restore_cloud(cloud: emulator.SimCloud, settings: Settings, path: Path) -> 
 
 
 class SandboxLinks:
-    """Emulator attach/detach listener: keeps the sandbox's ethN in step with EC2."""
+    """Emulator attach/detach listener: keeps the sandbox's ethN in step with EC2.
+
+    Listeners run on the emulator's thread, whose event loop is running, and pyroute2's sync
+    IPRoute refuses such a thread: the netlink work goes to one worker thread of its own (one,
+    so attach and detach stay in order), and the listener waits for it, so "attached" in EC2
+    means the interface exists on the node.
+    """
 
     def __init__(self, cloud: emulator.SimCloud, sandbox: Sandbox) -> None:
         self.cloud = cloud
         self.sandbox = sandbox
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="vpcni-sandbox")
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+
+    def _run(self, what: str, fn: Callable[..., object], *args: object) -> None:
+        try:
+            self._worker.submit(fn, *args).result()
+        except Exception:  # the EC2 call itself succeeded; the sandbox is best effort
+            log.exception("sandbox %s failed", what)
 
     def link(self, eni: SimEni, device_index: int) -> EniLink:
         subnet = self.cloud.model.subnet(eni.subnet_id)
@@ -151,11 +168,12 @@ class SandboxLinks:
 
     def on_attach(self, instance_id: str, eni: SimEni) -> None:
         if instance_id == self.cloud.instance_id and eni.attachment is not None:
-            self.sandbox.attach_eni(self.link(eni, eni.attachment.device_index))
+            link = self.link(eni, eni.attachment.device_index)
+            self._run("attach", self.sandbox.attach_eni, link)
 
     def on_detach(self, instance_id: str, eni: SimEni) -> None:
         if instance_id == self.cloud.instance_id:
-            self.sandbox.detach_eni(eni.id)
+            self._run("detach", self.sandbox.detach_eni, eni.id)
 
 
 class SandboxedDatapath:

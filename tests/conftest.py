@@ -16,3 +16,7 @@ def sock_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="vp", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# The agent-as-a-subprocess fixtures (`shim`, `start_agent`) for every e2e module.
+pytest_plugins = ["tests.agent_harness"]

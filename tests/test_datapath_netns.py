@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -22,37 +21,18 @@ from typing import Any
 import pytest
 
 from datapath.port import Datapath, DatapathError, EniLink, PodNetwork
+from tests.privileges import ROOT, needs_bcc, needs_root
 
-ROOT = os.geteuid() == 0
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(not ROOT, reason="needs root for netns, veth, tc and bpf"),
-]
+pytestmark = [pytest.mark.root, needs_root]
 
 if ROOT:
     from pyroute2 import netns as pyroute2_netns
 
-    from datapath.bpf import Programs, pin_dir
     from datapath.factory import make_datapath
     from datapath.modes import KernelDatapath
     from datapath.sandbox import Sandbox
     from datapath.wiring import netlink
 
-
-def _bcc_reason() -> str | None:
-    if not ROOT:
-        return "needs root"
-    try:
-        Programs("vpcni-probe")
-    except Exception as e:  # bcc raises bare Exception when it cannot compile
-        return f"bcc cannot compile here: {e}"
-    finally:
-        shutil.rmtree(pin_dir("vpcni-probe"), ignore_errors=True)
-    return None
-
-
-BCC_REASON = _bcc_reason()
-needs_bcc = pytest.mark.skipif(BCC_REASON is not None, reason=BCC_REASON or "")
 MODES = [pytest.param("bpf", marks=[needs_bcc, pytest.mark.bcc]), "kernel"]
 
 SUBNET = IPv4Network("10.0.0.0/24")
