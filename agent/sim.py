@@ -70,6 +70,10 @@ def save_cloud(cloud: emulator.SimCloud, settings: Settings) -> None:
     enis = [
         {
             "device_index": eni.attachment.device_index,
+            "id": eni.id,
+            "mac": eni.mac,
+            "tags": eni.tags,
+            "description": eni.description,
             "primary_ip": str(eni.primary_ip),
             "secondary_ips": [str(ip) for ip in eni.secondary_ips],
             "prefixes": [str(p) for p in eni.prefixes],
@@ -113,6 +117,11 @@ def _restore_cloud(cloud: emulator.SimCloud, settings: Settings, path: Path) -> 
                     now=now,
                     groups=primary.groups,
                     primary_ip=IPv4Address(saved["primary_ip"]),
+                    # The seeded emulator would recreate the same ids only if nothing else
+                    # had been created in between: carry them over instead.
+                    identity=(saved["id"], saved["mac"]) if "id" in saved else None,
+                    tags=saved.get("tags", {}),
+                    description=saved.get("description", ""),
                 )
                 model.attach_eni(
                     eni_id=eni.id, instance_id=instance.id, device_index=index, now=now

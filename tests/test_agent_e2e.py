@@ -122,6 +122,25 @@ def test_restart_restores_every_assignment(shim: Path, start_agent: Any, sock_di
     assert len(again.get("/v1/pods")) == 19
 
 
+def test_restart_keeps_pods_on_secondary_enis_where_they_were(shim: Path, start_agent: Any) -> None:
+    # Secondary-IP mode: 9 IPs per ENI on an m5.large, so 12 pods need a second ENI.
+    env = {"ENABLE_PREFIX_DELEGATION": "false", "WARM_ENI_TARGET": "1"}
+    agent = start_agent(**env)
+    cni = Cni(shim, agent.socket)
+    for i in range(12):
+        assert cni("ADD", f"s{i}")[0] == 0
+    before = agent.get("/v1/pods")
+    enis = agent.get("/v1/enis")["enis"]
+    assert len({pod["eni_id"] for pod in before}) == 2
+
+    assert agent.stop() == 0
+    again = start_agent(**env)
+    assert again.get("/v1/pods") == before
+    assert [(e["id"], e["mac"]) for e in again.get("/v1/enis")["enis"]][:2] == [
+        (e["id"], e["mac"]) for e in enis
+    ][:2]
+
+
 def test_sigterm_finishes_an_add_in_flight(shim: Path, start_agent: Any, sock_dir: Path) -> None:
     # The ADD waits for a slow first prefix; SIGTERM arrives meanwhile.
     agent = start_agent("--sim-latency-scale", "2", WARM_PREFIX_TARGET="0")

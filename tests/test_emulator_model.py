@@ -371,3 +371,16 @@ def test_token_buckets_follow_ec2_defaults() -> None:
     assert chaos.decide("CreateTags", now=0.3).fault is None
     # describe calls draw from their own bucket
     assert chaos.decide("DescribeNetworkInterfaces", now=0.3).fault is None
+
+
+def test_an_eni_can_be_recreated_with_its_id_and_mac_but_not_twice() -> None:
+    model, instance = node()
+    subnet = instance.subnet_id
+    eni = model.create_eni(subnet_id=subnet, now=0.0, identity=("eni-0123456789abcdef0", "02:aa"))
+    assert (eni.id, eni.mac) == ("eni-0123456789abcdef0", "02:aa")
+    assert model.eni("eni-0123456789abcdef0") is eni
+    with pytest.raises(ApiError) as taken:
+        model.create_eni(subnet_id=subnet, now=0.0, identity=("eni-0123456789abcdef0", "02:bb"))
+    assert taken.value.code == "InvalidParameterValue"
+    fresh = model.create_eni(subnet_id=subnet, now=0.0)
+    assert fresh.id != eni.id and fresh.mac != eni.mac

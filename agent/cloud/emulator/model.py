@@ -688,8 +688,18 @@ class Ec2Model:
         groups: tuple[str, ...],
         tags: Mapping[str, str],
         primary_ip: IPv4Address | None = None,
+        identity: tuple[str, str] | None = None,
     ) -> Eni:
-        eni_id = self._new_id("eni")
+        if identity is None:
+            eni_id, mac = self._new_id("eni"), self._new_mac()
+        else:
+            eni_id, mac = identity
+            if eni_id in self._ids or mac in self._macs:
+                raise ApiError(
+                    "InvalidParameterValue", f"{eni_id} / {mac} already exists", status=400
+                )
+            self._ids.add(eni_id)
+            self._macs.add(mac)
         if primary_ip is None:
             primary_ip = subnet.take_any(eni_id)
         else:
@@ -699,7 +709,7 @@ class Ec2Model:
             subnet_id=subnet.id,
             vpc_id=subnet.vpc_id,
             availability_zone=subnet.availability_zone,
-            mac=self._new_mac(),
+            mac=mac,
             primary_ip=primary_ip,
             created=now,
             owner_id=self.account_id,
@@ -724,8 +734,12 @@ class Ec2Model:
         ip_count: int = 0,
         prefixes: Sequence[IPv4Network] = (),
         prefix_count: int = 0,
+        identity: tuple[str, str] | None = None,
     ) -> Eni:
-        """CreateNetworkInterface: the ENI and its initial addresses, all or nothing."""
+        """CreateNetworkInterface: the ENI and its initial addresses, all or nothing.
+
+        `identity` (id, MAC) recreates a known ENI, for state carried across emulator runs.
+        """
         subnet = self.subnet(subnet_id)
         _check_groups(groups)
         eni = self._create_eni(
@@ -735,6 +749,7 @@ class Ec2Model:
             groups=tuple(groups),
             tags=tags,
             primary_ip=primary_ip,
+            identity=identity,
         )
         if ips or ip_count or prefixes or prefix_count:
             try:
