@@ -18,21 +18,23 @@ class StoreError(OSError):
     """The checkpoint could not be written; the change must be rolled back."""
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so a crash leaves the old or the new file, never a torn one."""
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace `path` with `data` so a crash or a reader sees the old file or the new one,
+    never a torn one: temp file in the same directory, fsync, rename, fsync of the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)  # the umask may have narrowed the mode given to open()
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except OSError:
+    except BaseException:
         with contextlib.suppress(OSError):  # leave no half-written temp file behind
             os.unlink(tmp)
         raise

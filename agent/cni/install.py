@@ -26,6 +26,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from agent.store import write_atomic
+
 # Linux (≥ 5.1) reads at most 255 bytes of a `#!` line; stay well inside it.
 MAX_SHEBANG = 200
 
@@ -86,29 +88,6 @@ def render_conflist(template: Mapping[str, object], env: Mapping[str, str]) -> d
             except ValueError as exc:
                 raise ValueError(f"{knob}={env[knob]!r}: {exc}") from exc
     return conflist
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    """Replace `path` with `data` so readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, mode)  # the umask may have narrowed the mode given to open()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def install_shim(dest: Path, python: str) -> None:
