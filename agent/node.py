@@ -16,7 +16,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
-from typing import Any
+from typing import Any, NoReturn
 
 from agent.cloud.port import (
     Ec2Error,
@@ -311,32 +311,43 @@ class Node:
         if eni is None:  # the block went away while we waited; the pool manager will refill
             raise NodeError(11, "address vanished during ADD, try again", status=503)
         pod = self._pod_network(req, lease, eni)
-        try:
-            wired = await self.datapath.wire(pod)
-        except DatapathError as e:
-            self.counters.add_errors += 1
-            self.counters.error("datapath")
-            if self._owns(req.key, fresh):
-                self.state.unallocate(lease)
-                with contextlib.suppress(DatapathError):
-                    await self.datapath.unwire(pod)
-            status = 400 if e.missing_netns else 500
-            raise NodeError(
-                4 if e.missing_netns else 999, f"wiring failed: {e}", status=status
-            ) from e
-        try:
-            await self.store.commit()
-        except StoreError as e:
-            self.counters.add_errors += 1
-            self.counters.error("checkpoint")
-            if self._owns(req.key, fresh):
-                self.state.unallocate(lease)
-                with contextlib.suppress(DatapathError):
-                    await self.datapath.unwire(pod)
-            self._spawn(self._commit_quietly())
-            raise NodeError(11, str(e), status=503) from e
+        # Wiring and the checkpoint write are independent and both must finish before the
+        # reply: run them side by side (a lease on disk for a pod not yet wired is harmless:
+        # the runtime retries ADD, which returns it, or DELs it).
+        wiring, committing = await asyncio.gather(
+            self.datapath.wire(pod), self.store.commit(), return_exceptions=True
+        )
+        for outcome in (wiring, committing):
+            if isinstance(outcome, DatapathError | StoreError):
+                await self._undo_add(req, lease, pod, fresh, outcome)
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(wiring, WiredPod)
         self.wake()
-        return Attachment(lease=lease, wired=wired, mtu=pod.mtu, waited_ms=waited_ms)
+        return Attachment(lease=lease, wired=wiring, mtu=pod.mtu, waited_ms=waited_ms)
+
+    async def _undo_add(
+        self,
+        req: PodRequest,
+        lease: Lease,
+        pod: PodNetwork,
+        fresh: bool,
+        error: DatapathError | StoreError,
+    ) -> NoReturn:
+        """Roll a failed ADD back (if it owns the lease) and raise the CNI error for it."""
+        self.counters.add_errors += 1
+        self.counters.error("datapath" if isinstance(error, DatapathError) else "checkpoint")
+        if self._owns(req.key, fresh):
+            self.state.unallocate(lease)
+            with contextlib.suppress(DatapathError):
+                await self.datapath.unwire(pod)
+            # Whatever reached the disk may hold the lease: write the rolled-back state.
+            self._spawn(self._commit_quietly())
+        if isinstance(error, StoreError):
+            raise NodeError(11, str(error), status=503) from error
+        status = 400 if error.missing_netns else 500
+        code = 4 if error.missing_netns else 999
+        raise NodeError(code, f"wiring failed: {error}", status=status) from error
 
     def _owns(self, key: IPAMKey, fresh: bool) -> bool:
         """May a failed ADD roll its lease back? Only if it created it and no other ADD of the

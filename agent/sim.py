@@ -203,8 +203,10 @@ class SandboxedDatapath:
         await self.inner.remove_eni(eni)
 
     async def wire(self, pod: PodNetwork) -> WiredPod:
-        wired = await self.inner.wire(pod)
-        await asyncio.to_thread(self.sandbox.route_pod, pod.ip, pod.eni)
+        # The VPC's route back to the pod does not depend on the node side: set both at once.
+        wired, _ = await asyncio.gather(
+            self.inner.wire(pod), asyncio.to_thread(self.sandbox.route_pod, pod.ip, pod.eni)
+        )
         return wired
 
     async def unwire(self, pod: PodNetwork) -> None:

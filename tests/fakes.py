@@ -35,7 +35,7 @@ from agent.ipam.planner import PoolSettings
 from agent.ipam.state import EniView
 from agent.node import Node
 from agent.settings import Settings
-from datapath.port import NoDatapath
+from datapath.port import DatapathError, NoDatapath, PodNetwork, WiredPod
 
 INSUFFICIENT = ("InsufficientCidrBlocks", "InsufficientFreeAddressesInSubnet")
 LIMITS = ("PrivateIpAddressLimitExceeded", "AttachmentLimitExceeded")
@@ -288,17 +288,35 @@ def settings(
     )
 
 
+class BrokenWiring(NoDatapath):
+    """A datapath whose `wire` fails (as for a pod netns that is gone) and records unwires."""
+
+    def __init__(self) -> None:
+        self.unwired: list[PodNetwork] = []
+
+    async def wire(self, pod: PodNetwork) -> WiredPod:
+        raise DatapathError(f"{pod.netns}: no such netns", missing_netns=True)
+
+    async def unwire(self, pod: PodNetwork) -> None:
+        self.unwired.append(pod)
+
+
 def node(
-    w: World, s: Settings, *, ec2: ModelEc2 | None = None, clock: Callable[[], float] | None = None
+    w: World,
+    s: Settings,
+    *,
+    ec2: ModelEc2 | None = None,
+    clock: Callable[[], float] | None = None,
+    datapath: NoDatapath | None = None,
 ) -> Node:
-    """A Node over the world's model, with no datapath."""
+    """A Node over the world's model, with no datapath unless one is given."""
     clock = clock or Clock()
     return Node(
         settings=s,
         identity=w.identity,
         instance=instances.lookup(w.identity.instance_type),
         ec2=ec2 or ModelEc2(w.model, clock),
-        datapath=NoDatapath(),
+        datapath=datapath or NoDatapath(),
         clock=clock,
     )
 

@@ -377,6 +377,23 @@ async def test_a_failed_checkpoint_write_rolls_back_add_and_del(tmp_path: Path, 
 # -- the pool manager --------------------------------------------------------------------------
 
 
+async def test_a_failed_wiring_rolls_the_add_back_on_disk_too(tmp_path: Path, make: Make) -> None:
+    s = fakes.settings(tmp_path / "state")
+    broken = fakes.BrokenWiring()
+    n = make(fakes.world(), s, datapath=broken)
+    await n.start()
+
+    with pytest.raises(NodeError) as failed:
+        await n.add(req("c1"))
+
+    assert (failed.value.code, failed.value.status) == (4, 400)
+    assert "no such netns" in failed.value.msg
+    assert n.state.lease(key("c1")) is None
+    assert [pod.container_id for pod in broken.unwired] == ["c1"]
+    # The checkpoint was written side by side with the wiring; the rollback rewrites it.
+    await fakes.until(lambda: key("c1") not in saved(s), what="rolled-back checkpoint")
+
+
 async def test_a_failed_repeat_add_keeps_the_lease_the_first_add_saved(
     tmp_path: Path, make: Make
 ) -> None:
