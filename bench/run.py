@@ -11,7 +11,7 @@ import os
 import platform
 import time
 
-from bench import allocator, cni
+from bench import allocator, cni, traffic
 
 
 def main() -> None:
@@ -39,6 +39,15 @@ def main() -> None:
             f"| {r['add_ratio']} | {r['vpcni_del_ms']} | {r['peer_del_ms']} | {r['del_ratio']} "
             f"| {r['vpcni_version_ms']} | {r['peer_version_ms']} | {r['version_ratio']} |"
         )
+    rows = traffic.main()
+    if rows:
+        base = next(r for r in rows if r["datapath"] == "kernel")
+        print("\n## Pod-to-pod traffic (median of 3; ratio = throughput / kernel routing)\n")
+        print("| datapath | TCP Gbit/s | ratio | ping RTT µs |")
+        print("|---|---|---|---|")
+        for r in rows:
+            ratio = r["gbit_s"] / base["gbit_s"]
+            print(f"| {r['datapath']} | {r['gbit_s']} | {ratio:.2f} | {r['ping_rtt_us']} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from agent.cni import install, shim
+from agent.store import write_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -72,7 +73,7 @@ def test_failed_write_leaves_no_temp_file(tmp_path: Path) -> None:
     dest = tmp_path / "vpcni"
     dest.mkdir()  # rename() of a file over a directory fails
     with pytest.raises(OSError):
-        install.write_atomic(dest, b"x", mode=0o644)
+        write_atomic(dest, b"x", mode=0o644)
     assert [p.name for p in tmp_path.iterdir()] == ["vpcni"]
 
 
