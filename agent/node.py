@@ -27,6 +27,7 @@ from agent.cloud.port import (
     NodeIdentity,
     NotFound,
 )
+from agent.histogram import Histogram
 from agent.ipam import checkpoint
 from agent.ipam.backoff import PrefixBackoff
 from agent.ipam.instances import InstanceType
@@ -103,25 +104,6 @@ class PlanRecord:
 
 
 ADD_WAIT_BUCKETS_MS = (1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
-
-
-@dataclass(slots=True)
-class Histogram:
-    """Cumulative-bucket histogram with fixed bounds (what Prometheus wants)."""
-
-    bounds: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-    def observe(self, value: float) -> None:
-        if not self.counts:
-            self.counts = [0] * len(self.bounds)
-        for i, bound in enumerate(self.bounds):
-            if value <= bound:
-                self.counts[i] += 1
-        self.total += value
-        self.count += 1
 
 
 @dataclass(slots=True)

@@ -30,6 +30,7 @@ from agent.cloud.port import (
     Throttled,
     Unavailable,
 )
+from agent.histogram import Histogram
 from agent.ipam import instances
 from agent.ipam.planner import PoolSettings
 from agent.ipam.state import EniView
@@ -136,9 +137,12 @@ class ModelEc2:
         self.fail_next: dict[str, Ec2Error] = {}
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.latency: dict[str, Histogram] = {}
 
     async def _enter(self, action: str, *, mutating: bool = True) -> None:
         self.calls[action] += 1
+        # In-process calls take no time worth counting; the histogram still counts them.
+        self.latency.setdefault(action, Histogram((0.1, 1.0))).observe(0.0)
         if mutating and not self.gate.is_set():
             self.waiting += 1
             try:
@@ -260,6 +264,9 @@ class ModelEc2:
             action: {"calls": float(n), "errors": float(self.errors[action]), "total_ms": 0.0}
             for action, n in self.calls.items()
         }
+
+    def latency_histograms(self) -> Mapping[str, Histogram]:
+        return {action: h.snapshot() for action, h in self.latency.items()}
 
 
 def settings(

@@ -66,6 +66,7 @@ def test_add_check_del_gc_status_version_through_the_shim(shim: Path, start_agen
         "awscni_aws_api_latency_ms",
         "awscni_ipamd_error_count",
         "vpcni_add_wait_ms",
+        "vpcni_ec2_api_latency_seconds",
     ):
         assert name in metrics, name
     assert "awscni_assigned_ip_addresses 1.0" in metrics

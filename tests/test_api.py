@@ -358,6 +358,9 @@ async def test_metrics_carry_the_vpc_cni_names(api: Api) -> None:
     assert m["awscni_del_ip_req_count"][()] == 1
     assert m["awscni_ec2api_req_count"][(("fn", "assign_prefixes"),)] >= 1
     assert (("api", "assign_prefixes"),) in m["awscni_aws_api_latency_ms_count"]
+    calls = m["awscni_ec2api_req_count"][(("fn", "assign_prefixes"),)]
+    inf = (("api", "assign_prefixes"), ("le", "+Inf"))
+    assert m["vpcni_ec2_api_latency_seconds_bucket"][inf] == calls
     # The VPC CNI's bare counter names (no _total), as its dashboards and alerts query them.
     assert "\nawscni_add_ip_req_count 2.0\n" in text
     assert m["awscni_ipamd_error_count"][(("fn", "no_available_ip"),)] == 1

@@ -81,11 +81,8 @@ class NodeCollector:
         yield HistogramMetricFamily(
             "vpcni_add_wait_ms",
             "Time an ADD waited for a free address (ms)",
-            buckets=[
-                *zip(map(str, wait.bounds), wait.counts or [0] * len(wait.bounds), strict=True),
-                ("+Inf", wait.count),
-            ],
-            sum_value=wait.total,
+            buckets=wait.cumulative(),
+            sum_value=wait.sum,
         )
         yield from _ec2_metrics(node)
 
@@ -111,6 +108,12 @@ def _ec2_metrics(node: Node) -> Iterator[Metric]:
     yield reqs
     yield errs
     yield latency
+    seconds = HistogramMetricFamily(
+        "vpcni_ec2_api_latency_seconds", "EC2 API latency per request sent", labels=["api"]
+    )
+    for action, histogram in sorted(node.ec2.latency_histograms().items()):
+        seconds.add_metric([action], histogram.cumulative(), sum_value=histogram.sum)
+    yield seconds
 
 
 def registry(node: Node) -> CollectorRegistry:

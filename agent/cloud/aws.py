@@ -39,6 +39,7 @@ from agent.cloud.port import (
     Throttled,
     Unavailable,
 )
+from agent.histogram import Histogram
 from agent.ipam.state import EniView
 
 if TYPE_CHECKING:
@@ -163,35 +164,18 @@ class TokenBucket:
         return delay
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LatencyHistogram:
-    """Raw latency buckets of one action, ready to feed a Prometheus histogram."""
-
-    bounds: tuple[float, ...]  # upper bounds in seconds; `counts` has one more slot (+Inf)
-    counts: tuple[int, ...]  # per bucket, not cumulative
-    sum: float  # seconds
-
-    @property
-    def count(self) -> int:
-        """Number of observations."""
-        return sum(self.counts)
-
-
 @dataclass(slots=True)
 class _ActionStats:
     calls: int = 0  # requests sent, each retry included
     errors: int = 0  # failures surfaced to the caller
     throttles: int = 0  # throttled responses, retried or not
-    total_s: float = 0.0
     max_s: float = 0.0
     wait_s: float = 0.0  # time spent waiting for the token bucket
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))  # seconds
 
     def observe(self, seconds: float) -> None:
-        self.total_s += seconds
         self.max_s = max(self.max_s, seconds)
-        index = next((i for i, b in enumerate(LATENCY_BOUNDS) if seconds <= b), -1)
-        self.buckets[index] += 1
+        self.latency.observe(seconds)
 
 
 class Ec2Adapter:
@@ -426,19 +410,16 @@ class Ec2Adapter:
                 "calls": s.calls,
                 "errors": s.errors,
                 "throttles": s.throttles,
-                "total_ms": s.total_s * 1000.0,
+                "total_ms": s.latency.sum * 1000.0,
                 "max_ms": s.max_s * 1000.0,
                 "wait_ms": s.wait_s * 1000.0,
             }
             for action, s in self._stats.items()
         }
 
-    def latency_histograms(self) -> Mapping[str, LatencyHistogram]:
-        """Per action: the raw latency buckets of every request sent."""
-        return {
-            action: LatencyHistogram(bounds=LATENCY_BOUNDS, counts=tuple(s.buckets), sum=s.total_s)
-            for action, s in self._stats.items()
-        }
+    def latency_histograms(self) -> Mapping[str, Histogram]:
+        """Per action: the latency (seconds) of every request sent."""
+        return {action: s.latency.snapshot() for action, s in self._stats.items()}
 
     async def close(self) -> None:
         """Wait for requests in flight, then release the threads and connections."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
+from agent.histogram import Histogram
 from agent.ipam.state import EniView
 
 
@@ -109,4 +110,8 @@ class Ec2Port(Protocol):
 
     def call_stats(self) -> Mapping[str, Mapping[str, float]]:
         """Per action: calls, errors, throttles, total and max latency (ms)."""
+        ...
+
+    def latency_histograms(self) -> Mapping[str, Histogram]:
+        """Per action: the latency (seconds) of every request sent."""
         ...
