@@ -178,6 +178,7 @@ class Node:
         self._manager: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._adding: Counter[IPAMKey] = Counter()
+        self._waiting = 0  # ADDs waiting for an address: demand the planner sizes growth by
         self._last_resync = 0.0
 
     # -- start-up and shutdown -----------------------------------------------------------------
@@ -354,9 +355,9 @@ class Node:
             if not waited:
                 waited = True
                 self.counters.add_waited += 1
-            self.wake()
             remaining = deadline - _monotonic()
             if remaining <= 0:
+                self.wake()  # the pool must still grow for the runtime's retry
                 self.counters.add_errors += 1
                 self.counters.error("no_available_ip")
                 reason = self.last_decision.reason if self.last_decision else "pool empty"
@@ -366,9 +367,15 @@ class Node:
                     details=reason,
                     status=503,
                 )
-            async with self._pool_changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._pool_changed.wait(), timeout=remaining)
+            # Counted while it waits, so the pool manager sizes its next round by the demand.
+            self._waiting += 1
+            try:
+                self.wake()
+                async with self._pool_changed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._pool_changed.wait(), timeout=remaining)
+            finally:
+                self._waiting -= 1
 
     async def delete(self, req: PodRequest) -> Lease | None:
         """Release into cooldown and unwire; fine for an unknown container."""
@@ -459,7 +466,12 @@ class Node:
 
     def decide(self) -> Decision:
         return plan(
-            self.state, self.settings.pool, self.limits, backoff=self.backoff, now=self.clock()
+            self.state,
+            self.settings.pool,
+            self.limits,
+            backoff=self.backoff,
+            now=self.clock(),
+            pending=self._waiting,
         )
 
     async def _pool_manager(self) -> None:

@@ -794,3 +794,46 @@ def test_plan_changes_nothing() -> None:
     for settings in (PREFIX_1, SECONDARY, prefix_ip_targets(5, 30), PoolSettings(warm_ip_target=1)):
         decide(state, settings, M5, now=NOW + 1)
     assert snapshot() == before
+
+
+# -- waiting ADDs (beyond the VPC CNI) ---------------------------------------------------------
+
+
+def test_waiting_adds_grow_the_pool_by_their_whole_deficit_at_once() -> None:
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, prefixes=1)
+    add_pods(state, 16, now=NOW)  # the only prefix is full
+    alone = decide(state, PREFIX_1, M5)
+    assert alone.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=1)
+
+    rush = plan(state, PREFIX_1, M5, backoff=PrefixBackoff(), now=NOW, pending=40)
+    assert rush.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=3)
+    assert "40 ADDs waiting" in rush.reason and "0 addresses free now" in rush.reason
+
+
+def test_cooling_addresses_do_not_satisfy_waiting_adds() -> None:
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, prefixes=2)
+    leases = add_pods(state, 32, now=NOW)
+    for lease in leases[16:]:
+        state.release(lease.key, now=NOW, cooldown=30.0)
+    # ipamd's view: 16 available (cooling counts), WARM_PREFIX_TARGET=1 met.
+    assert decide(state, PREFIX_1, M5).action is None
+    waiting = plan(state, PREFIX_1, M5, backoff=PrefixBackoff(), now=NOW + 1, pending=2)
+    assert isinstance(waiting.action, AssignPrefixes) and waiting.action.count == 1
+
+
+def test_nothing_shrinks_while_adds_wait() -> None:
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, prefixes=4)  # 3 free prefixes above WARM_PREFIX_TARGET=1
+    assert isinstance(decide(state, PREFIX_1, M5).action, ReleaseBlocks)
+    held = plan(state, PREFIX_1, M5, backoff=PrefixBackoff(), now=NOW, pending=1)
+    assert held.action is None and "ADDs waiting" in held.reason
+
+
+def test_waiting_adds_in_secondary_mode_fill_an_eni_and_respect_max_pods() -> None:
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, ips=9)
+    add_pods(state, 9, now=NOW)
+    rush = plan(state, SECONDARY, M5_SECONDARY, backoff=PrefixBackoff(), now=NOW, pending=30)
+    assert rush.action == CreateEni(subnet_id=PRIMARY_SUBNET, ips=9)

@@ -10,6 +10,11 @@ plus per-subnet prefix back-off and fallback to secondary IPs.
 Order of a round: (1) give back idle blocks of the other kind after a mode switch, (2) grow a
 low pool (fill existing ENIs first, then a new ENI), (3) shrink an over-full pool (blocks, then
 at most one ENI).
+
+Beyond the VPC CNI, the round also knows how many ADDs are waiting for an address (`pending`):
+when they outnumber the addresses free right now (cooling ones are not), it grows by the whole
+deficit in one call instead of one target's worth per round, and it never shrinks while any
+wait. With `pending=0` the rules are exactly ipamd's.
 """
 
 from __future__ import annotations
@@ -122,9 +127,11 @@ def plan(
     *,
     backoff: PrefixBackoff,
     now: float,
+    pending: int = 0,
 ) -> Decision:
-    """Decide the next pool action. Pure: reads its arguments, changes nothing."""
-    return _Round(state, settings, limits, backoff, now).decide()
+    """Decide the next pool action. Pure: reads its arguments, changes nothing. `pending` is
+    the number of ADDs waiting for an address."""
+    return _Round(state, settings, limits, backoff, now, pending).decide()
 
 
 class _Round:
@@ -137,12 +144,14 @@ class _Round:
         limits: Limits,
         backoff: PrefixBackoff,
         now: float,
+        pending: int = 0,
     ) -> None:
         self.state = state
         self.settings = settings
         self.limits = limits
         self.backoff = backoff
         self.now = now
+        self.pending = pending
         self.prefixes = prefix_mode(settings, limits.instance)
         self.slots = limits.instance.slots_per_eni
         self.stats = state.stats(now)
@@ -153,11 +162,37 @@ class _Round:
         switched = self._mode_switch()
         if switched is not None:
             return switched
+        if self.pending:
+            demand = self._demand()
+            if demand is not None:
+                return demand
         if self.settings.warm_ip_targets_defined:
-            return self._warm_ip_round()
-        if self.prefixes:
-            return self._warm_prefix_round()
-        return self._warm_eni_round()
+            decision = self._warm_ip_round()
+        elif self.prefixes:
+            decision = self._warm_prefix_round()
+        else:
+            decision = self._warm_eni_round()
+        if self.pending and isinstance(decision.action, ReleaseBlocks | DeleteEni):
+            return self._decision(
+                None, f"{self.pending} ADDs waiting: not shrinking ({decision.reason})"
+            )
+        return decision
+
+    def _demand(self) -> Decision | None:
+        """Grow by what the waiting ADDs lack, all at once (beyond the VPC CNI)."""
+        s = self.stats
+        free_now = s.total - s.assigned - s.cooling
+        deficit = self.pending - free_now
+        if deficit <= 0:
+            return None
+        # Secondary mode fills an ENI as ipamd would; WARM_IP_TARGET users asked for IP steps.
+        ips = deficit if self.settings.warm_ip_targets_defined else max(deficit, self.slots)
+        return self._grow(
+            prefixes=math.ceil(deficit / PREFIX_SIZE),
+            ips=ips,
+            why=f"{self.pending} ADDs waiting, {free_now} addresses free now",
+            short=deficit,
+        )
 
     def _decision(
         self, action: Action | None, reason: str, *, short: int = 0, over: int = 0
