@@ -11,7 +11,7 @@ import os
 import platform
 import time
 
-from bench import allocator, cni, traffic
+from bench import allocator, burst, cni, traffic
 
 
 def main() -> None:
@@ -25,8 +25,17 @@ def main() -> None:
             f"| {row['scenario']} | {row['ops']} | {row['vpcni_ops_s']} | {row['peer_ops_s']} "
             f"| {row['ratio']} |"
         )
+    b = burst.main()
+    print(f"\n## Pod-start burst: {b['pods']} pods at once on a fresh node, EC2 latency x1.0 "
+          "(seconds until each pod has its address; ratio = vpcni / peer)\n")  # fmt: skip
+    print("| | p50 s | p90 s | max s | ADDs sent |")
+    print("|---|---|---|---|---|")
+    for name in ("vpcni", "peer"):
+        r = b[name]
+        print(f"| {name} | {r['p50_s']} | {r['p90_s']} | {r['max_s']} | {r['adds_sent']} |")
+    print(f"| ratio | {b['p50_ratio']} | | {b['max_ratio']} | |")
     if os.geteuid() != 0:
-        print("\n(CNI latency needs root: skipped)")
+        print("\n(CNI latency and traffic need root: skipped)")
         return
     print("\n## CNI plugin latency (median ms; ratio = vpcni / ptp+host-local, lower is better)\n")
     print("| datapath | pods | ADD vpcni | ADD peer | ratio | DEL vpcni | DEL peer | ratio "
