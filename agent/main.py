@@ -89,7 +89,7 @@ async def run(settings: Settings) -> None:
             cloud.model.add_listener(links)
             stack.callback(links.close)
             stack.callback(cloud.model.remove_listener, links)
-        datapath = await _datapath(settings)
+        datapath = await _datapath(settings, identity)
         if sandbox is not None:
             from agent import sim
 
@@ -148,12 +148,17 @@ async def _identity(endpoint: str | None) -> NodeIdentity:
         raise StartupError(f"IMDS: {e}") from e
 
 
-async def _datapath(settings: Settings) -> Datapath:
+async def _datapath(settings: Settings, identity: NodeIdentity) -> Datapath:
     if settings.datapath == "none":
         return NoDatapath()
     from datapath.factory import make_datapath
 
-    return await make_datapath(settings.datapath, host_netns=settings.host_netns, mtu=settings.mtu)
+    return await make_datapath(
+        settings.datapath,
+        host_netns=settings.host_netns,
+        vpc_cidrs=identity.vpc_cidrs,
+        mtu=settings.mtu,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

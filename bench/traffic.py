@@ -52,7 +52,7 @@ async def measure(mode: str, iptables: int = 0) -> dict[str, Any]:
     box = Sandbox(NODE)
     await asyncio.to_thread(box.up)
     await asyncio.to_thread(box.attach_eni, ENI)
-    dp = await make_datapath(mode, host_netns=NODE)
+    dp = await make_datapath(mode, host_netns=NODE, vpc_cidrs=[ENI.subnet_cidr])
     pods = []
     try:
         await dp.start([ENI])

@@ -11,9 +11,10 @@ import contextlib
 import ctypes
 import errno
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from enum import IntEnum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ PIN_ROOT = f"{BPFFS}/vpcni"
 SOURCE_DIR = Path(__file__).with_name("bpf")
 HOOKS = ("from_pod", "from_eni")
 MAX_ENDPOINTS = 16384
+# VPC CIDRs the fast path knows (AWS allows 5 per VPC by default); more go the kernel's way.
+MAX_VPC_CIDRS = 8
+# Flows handed to the kernel (Services, outside the VPC); least recently used make room.
+MAX_FLOWS = 65536
 # Our filter's place on clsact ingress; fixed so a new agent replaces instead of adding.
 TC_PRIO = 7
 TC_HANDLE = 0x7C
@@ -64,6 +69,24 @@ class Counters:
     bytes: int = 0
     redirected: int = 0
     spoof_drops: int = 0
+    kernel_path: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VpcCidr:
+    """A slot of the VPC CIDR array (struct vpc_cidr)."""
+
+    network: IPv4Address
+    mask: IPv4Address
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A pod's side of a flow the kernel NATs (struct flow), the key of kernel_flows."""
+
+    ip: IPv4Address
+    port: int
+    proto: int
 
 
 def pin_dir(host_netns: str | None) -> str:
@@ -94,6 +117,8 @@ def cflags(host_netns: str | None, max_endpoints: int = MAX_ENDPOINTS) -> list[s
     return [
         f'-DVPCNI_PIN_DIR="{pin_dir(host_netns)}"',
         f"-DVPCNI_MAX_ENDPOINTS={max_endpoints}",
+        f"-DVPCNI_MAX_VPC_CIDRS={MAX_VPC_CIDRS}",
+        f"-DVPCNI_MAX_FLOWS={MAX_FLOWS}",
         "-Wno-unused-function",
     ]
 
@@ -136,6 +161,8 @@ class Programs:
         self._endpoints = self._bpf[b"endpoints"]
         self._enis = self._bpf[b"enis"]
         self._counters = self._bpf[b"counters"]
+        self._vpc_cidrs = self._bpf[b"vpc_cidrs"]
+        self._kernel_flows = self._bpf[b"kernel_flows"]
 
     # --- attach (the caller's IPRoute decides the netns) --------------------------------------
 
@@ -248,6 +275,36 @@ class Programs:
                 **{f.name: sum(getattr(c, f.name) for c in per_cpu) for f in fields(Counters)}
             )
         return out
+
+    def set_vpc_cidrs(self, cidrs: Sequence[IPv4Network]) -> list[IPv4Network]:
+        """Fill the VPC CIDR slots (the rest emptied); returns the CIDRs that found no slot."""
+        slots = [VpcCidr(c.network_address, c.netmask) for c in cidrs[:MAX_VPC_CIDRS]]
+        for slot in range(MAX_VPC_CIDRS):
+            leaf = self._vpc_cidrs.Leaf()  # zero: an empty slot ends the list
+            if slot < len(slots):
+                leaf.network = _ip_key(slots[slot].network)
+                leaf.mask = _ip_key(slots[slot].mask)
+            self._vpc_cidrs[self._vpc_cidrs.Key(slot)] = leaf
+        return list(cidrs[MAX_VPC_CIDRS:])
+
+    def vpc_cidrs(self) -> list[IPv4Network]:
+        """The VPC CIDRs the programs use, in slot order."""
+        out = []
+        for slot in range(MAX_VPC_CIDRS):
+            leaf = self._vpc_cidrs[self._vpc_cidrs.Key(slot)]
+            if not leaf.mask:
+                break
+            mask = _ip_from_key(leaf.mask)
+            out.append(IPv4Network(f"{_ip_from_key(leaf.network)}/{mask}"))
+        return out
+
+    def kernel_flow(self, flow: Flow) -> bool:
+        """Whether the flow is one the programs hand to the kernel."""
+        key = self._kernel_flows.Key()
+        key.ip = _ip_key(flow.ip)
+        key.port = int.from_bytes(flow.port.to_bytes(2, "big"), "little")
+        key.proto = flow.proto
+        return key in self._kernel_flows
 
     @staticmethod
     def _delete(table: Any, key: Any) -> None:

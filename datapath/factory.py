@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
+from ipaddress import IPv4Network
 
 from datapath.bpf import MAX_ENDPOINTS, Programs
 from datapath.modes import BpfDatapath, KernelDatapath
@@ -18,12 +20,15 @@ async def make_datapath(
     mode: str,
     *,
     host_netns: str | None,
+    vpc_cidrs: Sequence[IPv4Network],
     mtu: int = 9001,
     workers: int = 4,
     max_endpoints: int = MAX_ENDPOINTS,
 ) -> Datapath:
     """The datapath for `mode` ("bpf", "kernel" or "none"); `mtu` is the ENI MTU
-    (AWS_VPC_ENI_MTU), set on secondary ENIs as the VPC CNI does.
+    (AWS_VPC_ENI_MTU), set on secondary ENIs as the VPC CNI does. `vpc_cidrs` (IMDS) is
+    where BPF mode redirects past the host's stack; the rest goes through the kernel, so
+    kube-proxy's Service DNAT applies.
 
     "bpf" compiles the programs here (once per agent start, ~0.4 s, on a thread); when bcc is
     missing or cannot compile (no kernel headers) it logs why and returns kernel mode, whose
@@ -43,7 +48,9 @@ async def make_datapath(
         return KernelDatapath(
             host_netns=host_netns, eni_mtu=mtu, workers=workers, fallback_reason=reason
         )
-    return BpfDatapath(programs, host_netns=host_netns, eni_mtu=mtu, workers=workers)
+    return BpfDatapath(
+        programs, vpc_cidrs=vpc_cidrs, host_netns=host_netns, eni_mtu=mtu, workers=workers
+    )
 
 
 def _why(error: Exception) -> str:

@@ -10,9 +10,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from ipaddress import IPv4Network
 from typing import Any, TypeVar
 
-from datapath.bpf import Endpoint, Eni, Programs
+from datapath.bpf import Counters, Endpoint, Eni, Programs
 from datapath.port import DatapathError, EniLink, PodNetwork, WiredPod
 from datapath.wiring import EniDevice, Wiring, host_veth_name, link_exists, netlink
 
@@ -90,7 +92,7 @@ class _NodeDatapath:
         return await self._run(self._check, pod)
 
     def _check(self, pod: PodNetwork) -> list[str]:
-        return self._wiring.check_pod(pod, rules=self.mode == "kernel")
+        return self._wiring.check_pod(pod)
 
     def _eni_status(self) -> dict[str, Any]:
         return {
@@ -104,8 +106,8 @@ class _NodeDatapath:
 
 
 class KernelDatapath(_NodeDatapath):
-    """Routes and rules only, like the VPC CNI: `to <pod>` rules for every pod, and per-ENI
-    tables with `from <pod>` rules for pods on secondary ENIs."""
+    """Routes and rules only, like the VPC CNI: `to <pod>` rules for every pod, per-ENI tables
+    with `from <pod>` rules for pods on secondary ENIs, strict rp_filter on host veths."""
 
     mode = "kernel"
 
@@ -128,7 +130,7 @@ class KernelDatapath(_NodeDatapath):
     def _wire(self, pod: PodNetwork) -> WiredPod:
         if not pod.eni.primary:
             self._eni_device(pod.eni)  # its table must exist for the `from` rule to work
-        return self._wiring.wire_pod(pod, rules=True)
+        return self._wiring.wire_pod(pod, strict_rp_filter=True)
 
     async def unwire(self, pod: PodNetwork) -> None:
         """Remove the pod's veth, routes and rules; fine if nothing is there."""
@@ -146,7 +148,12 @@ class KernelDatapath(_NodeDatapath):
 
 
 class BpfDatapath(_NodeDatapath):
-    """tc programs on each host veth (from_pod) and ENI (from_eni), state in pinned maps."""
+    """tc programs on each host veth (from_pod) and ENI (from_eni), state in pinned maps.
+
+    Traffic inside `vpc_cidrs` is redirected past the host's stack; everything else (Service
+    ClusterIPs, the internet) goes through the kernel, with the same routes and rules as
+    kernel mode, so that kube-proxy's DNAT and conntrack see both directions.
+    """
 
     mode = "bpf"
 
@@ -154,6 +161,7 @@ class BpfDatapath(_NodeDatapath):
         self,
         programs: Programs,
         *,
+        vpc_cidrs: Sequence[IPv4Network],
         host_netns: str | None,
         eni_mtu: int = 9001,
         workers: int = 4,
@@ -161,13 +169,18 @@ class BpfDatapath(_NodeDatapath):
     ) -> None:
         super().__init__(host_netns=host_netns, eni_mtu=eni_mtu, workers=workers, eni_wait=eni_wait)
         self.programs = programs
+        self.vpc_cidrs = tuple(vpc_cidrs)
         self._attached: dict[str, str] = {}
 
     async def start(self, enis: Sequence[EniLink]) -> None:
         """Set up the ENIs, then swap the new program into every pod still in the pinned maps.
 
-        Entries whose host veth is gone (the pod died while no agent ran) are dropped.
+        Entries whose host veth is gone (the pod died while no agent ran) are dropped. The
+        VPC CIDRs are written first: running programs (the old agent's too) share the map.
         """
+        unplaced = await self._run(self.programs.set_vpc_cidrs, self.vpc_cidrs)
+        if unplaced:
+            log.warning("VPC CIDRs %s take the kernel path (no slot left)", unplaced)
         await super().start(enis)
         await self._run(self._adopt_endpoints)
 
@@ -222,7 +235,7 @@ class BpfDatapath(_NodeDatapath):
             self.programs.attach(ipr, host_ifindex, "from_pod")
 
         try:
-            wired = self._wiring.wire_pod(pod, rules=False, finish=finish)
+            wired = self._wiring.wire_pod(pod, strict_rp_filter=False, finish=finish)
         except DatapathError:
             self._forget_endpoint(pod)
             raise
@@ -274,7 +287,7 @@ class BpfDatapath(_NodeDatapath):
             str(ip): {
                 "host_ifindex": ep.host_ifindex,
                 "eni_ifindex": ep.eni_ifindex,
-                **_as_dict(counters.get(ep.host_ifindex)),
+                **asdict(counters.get(ep.host_ifindex, Counters())),
             }
             for ip, ep in endpoints.items()
         }
@@ -282,6 +295,7 @@ class BpfDatapath(_NodeDatapath):
             "mode": self.mode,
             "host_netns": self.host_netns,
             "pin_dir": self.programs.pin_dir,
+            "vpc_cidrs": [str(c) for c in self.programs.vpc_cidrs()],
             "programs": dict(sorted(self._attached.items())),
             "enis": self._eni_status(),
             "pods": pods,
@@ -292,14 +306,3 @@ class BpfDatapath(_NodeDatapath):
                 "max_endpoints": self.programs.max_endpoints,
             },
         }
-
-
-def _as_dict(counters: Any) -> dict[str, int]:
-    if counters is None:
-        return {"packets": 0, "bytes": 0, "redirected": 0, "spoof_drops": 0}
-    return {
-        "packets": counters.packets,
-        "bytes": counters.bytes,
-        "redirected": counters.redirected,
-        "spoof_drops": counters.spoof_drops,
-    }

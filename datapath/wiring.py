@@ -236,11 +236,15 @@ class Wiring:
 
     # --- pods ---------------------------------------------------------------------------------
 
-    def wire_pod(self, pod: PodNetwork, *, rules: bool, finish: Finish | None = None) -> WiredPod:
-        """Create the veth pair and the pod's address, routes and neighbour; replaces leftovers.
+    def wire_pod(
+        self, pod: PodNetwork, *, strict_rp_filter: bool, finish: Finish | None = None
+    ) -> WiredPod:
+        """Create the veth pair, the pod's address, routes, neighbour and policy rules (`to`,
+        and `from` on a secondary ENI); replaces leftovers.
 
         Like the VPC CNI, an existing host veth of the same name is deleted first, so calling
-        this again converges instead of failing. `finish(ipr, host_ifindex, wired)` runs last
+        this again converges instead of failing. `strict_rp_filter` is kernel mode's
+        anti-spoofing (BPF checks sources itself). `finish(ipr, host_ifindex, wired)` runs last
         on the host netns socket (BPF mode attaches there); if anything fails, the veth is
         removed again and DatapathError raised.
         """
@@ -250,7 +254,9 @@ class Wiring:
         except (FileNotFoundError, ProcessLookupError, NotADirectoryError) as e:
             raise DatapathError(f"pod netns {pod.netns} does not exist", missing_netns=True) from e
         try:
-            return self._wire(pod, host_veth, pod_fd, rules=rules, finish=finish)
+            return self._wire(
+                pod, host_veth, pod_fd, strict_rp_filter=strict_rp_filter, finish=finish
+            )
         except Exception as e:  # any failure, bcc's bare Exceptions included, is rolled back
             try:
                 self.unwire_pod(pod)
@@ -263,7 +269,13 @@ class Wiring:
             os.close(pod_fd)
 
     def _wire(
-        self, pod: PodNetwork, host_veth: str, pod_fd: int, *, rules: bool, finish: Finish | None
+        self,
+        pod: PodNetwork,
+        host_veth: str,
+        pod_fd: int,
+        *,
+        strict_rp_filter: bool,
+        finish: Finish | None,
     ) -> WiredPod:
         with netlink(pod.netns) as pipr, netlink(self.host_netns) as ipr:
             stale = _link_index(pipr, pod.ifname)
@@ -298,8 +310,10 @@ class Wiring:
                 state=_NUD_PERMANENT,
             )
             ipr.route("replace", dst=f"{pod.ip}/32", oif=host_index, scope=_SCOPE_LINK)
-            if rules:
-                self._add_rules(ipr, pod)
+            # Both modes: the kernel path (BPF mode's Services, outside the VPC) needs the
+            # `from` rule to leave through the pod's own ENI.
+            self._add_rules(ipr, pod)
+            if strict_rp_filter:
                 self._strict_rp_filter(host_veth)
             wired = WiredPod(
                 host_veth=host_veth, host_mac=host_mac, pod_mac=pod_mac, pod_ifindex=pod_index
@@ -338,7 +352,7 @@ class Wiring:
         except NetlinkError as e:
             raise DatapathError(f"unwiring {pod.pod_namespace}/{pod.pod_name}: {e}") from e
 
-    def check_pod(self, pod: PodNetwork, *, rules: bool) -> list[str]:
+    def check_pod(self, pod: PodNetwork) -> list[str]:
         """Differences between the pod's wiring and what `wire_pod` leaves behind."""
         host_veth = host_veth_name(pod.veth_prefix, pod.pod_namespace, pod.pod_name)
         problems: list[str] = []
@@ -352,11 +366,10 @@ class Wiring:
             routes = ipr.route("get", dst=str(pod.ip))
             if not routes or routes[0].get("RTA_OIF") != index:
                 problems.append(f"route to {pod.ip} does not use {host_veth}")
-            if rules:
-                present = {_rule_tuple(r) for r in ipr.rule("dump")}
-                for rule in _pod_rules(pod):
-                    if _wanted_rule_tuple(rule) not in present:
-                        problems.append(f"rule {rule} is missing")
+            present = {_rule_tuple(r) for r in ipr.rule("dump")}
+            for rule in _pod_rules(pod):
+                if _wanted_rule_tuple(rule) not in present:
+                    problems.append(f"rule {rule} is missing")
         try:
             with netlink(pod.netns) as pipr:
                 problems += _check_pod_side(pipr, pod, host_mac)

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,17 @@ pytestmark = [pytest.mark.root, needs_root]
 if ROOT:
     from pyroute2 import netns as pyroute2_netns
 
+    from datapath.bpf import Flow
     from datapath.factory import make_datapath
-    from datapath.modes import KernelDatapath
+    from datapath.modes import BpfDatapath, KernelDatapath
     from datapath.sandbox import Sandbox
     from datapath.wiring import netlink
 
 MODES = [pytest.param("bpf", marks=[needs_bcc, pytest.mark.bcc]), "kernel"]
 
 SUBNET = IPv4Network("10.0.0.0/24")
+# The sandbox's remote host (10.255.255.254) is inside: pod → remote takes the fast path.
+VPC_CIDRS = (IPv4Network("10.0.0.0/16"), IPv4Network("10.255.0.0/16"))
 ENI0 = EniLink(
     eni_id="eni-000",
     device_number=0,
@@ -99,7 +103,7 @@ def node() -> Iterator[Node]:
 
 @pytest.fixture(params=MODES)
 async def datapath(request: pytest.FixtureRequest, node: Node) -> AsyncIterator[Datapath]:
-    dp = await make_datapath(request.param, host_netns=node.box.name)
+    dp = await make_datapath(request.param, host_netns=node.box.name, vpc_cidrs=VPC_CIDRS)
     assert dp.mode == request.param
     await dp.start([ENI0, ENI1])
     try:
@@ -278,7 +282,7 @@ async def test_missing_pod_netns_is_reported(datapath: Datapath, node: Node) -> 
 
 
 async def test_secondary_eni_table_and_rules_in_kernel_mode(node: Node) -> None:
-    dp = await make_datapath("kernel", host_netns=node.box.name)
+    dp = await make_datapath("kernel", host_netns=node.box.name, vpc_cidrs=VPC_CIDRS)
     await dp.start([ENI0, ENI1])
     pod = node.pod("k", "10.0.0.170", ENI1)
     await wire(dp, node, pod)
@@ -299,7 +303,7 @@ async def test_without_kernel_headers_bpf_falls_back_to_kernel(
     node: Node, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("BCC_KERNEL_SOURCE", str(tmp_path))  # bcc finds no headers there
-    dp = await make_datapath("bpf", host_netns=node.box.name)
+    dp = await make_datapath("bpf", host_netns=node.box.name, vpc_cidrs=VPC_CIDRS)
     assert dp.mode == "kernel"
     assert "no kernel headers" in dp.status()["fallback_reason"]
     await dp.start([ENI0, ENI1])
@@ -336,7 +340,8 @@ async def main():
     spec = json.loads(sys.argv[1])
     enis = [EniLink(**{**e, "primary_ip": IPv4Address(e["primary_ip"]),
                        "subnet_cidr": IPv4Network(e["subnet_cidr"])}) for e in spec["enis"]]
-    dp = await make_datapath("bpf", host_netns=spec["host_netns"])
+    cidrs = [IPv4Network(c) for c in spec["vpc_cidrs"]]
+    dp = await make_datapath("bpf", host_netns=spec["host_netns"], vpc_cidrs=cidrs)
     await dp.start(enis)
     print(json.dumps(dp.status()))
     await dp.close()
@@ -348,7 +353,7 @@ asyncio.run(main())
 @needs_bcc
 @pytest.mark.bcc
 async def test_ping_survives_agent_restart(node: Node) -> None:
-    dp = await make_datapath("bpf", host_netns=node.box.name)
+    dp = await make_datapath("bpf", host_netns=node.box.name, vpc_cidrs=VPC_CIDRS)
     await dp.start([ENI0, ENI1])
     a, b = node.pod("a", "10.0.0.180"), node.pod("b", "10.0.0.181", ENI1)
     await wire(dp, node, a)
@@ -356,6 +361,7 @@ async def test_ping_survives_agent_restart(node: Node) -> None:
     await dp.close()  # the old agent is gone; its programs and pins stay
     spec = {
         "host_netns": node.box.name,
+        "vpc_cidrs": [str(c) for c in VPC_CIDRS],
         "enis": [
             {
                 "eni_id": e.eni_id,
@@ -391,7 +397,7 @@ async def test_ping_survives_agent_restart(node: Node) -> None:
 @needs_bcc
 @pytest.mark.bcc
 async def test_eni_detach_and_reattach(node: Node) -> None:
-    dp = await make_datapath("bpf", host_netns=node.box.name)
+    dp = await make_datapath("bpf", host_netns=node.box.name, vpc_cidrs=VPC_CIDRS)
     await dp.start([ENI0])
     await dp.add_eni(ENI1)
     assert dp.status()["programs"] == {"eth0": "from_eni", "eth1": "from_eni"}
@@ -418,3 +424,145 @@ def test_sandbox_down_removes_everything(node: Node) -> None:
     box.down()
     assert not os.path.exists(f"/var/run/netns/{box.name}")
     assert not os.path.exists(f"/var/run/netns/{box.vpc_netns}")
+
+
+# --- Services: kube-proxy's DNAT in the node netns, stood in for by two iptables rules ---------
+
+SERVICE_VIP = "172.20.0.10"  # outside VPC_CIDRS, as a ClusterIP is
+ECHO_SERVER = """
+import signal, socket, sys, threading
+signal.alarm(60)  # never outlives a crashed test by long
+tcp = socket.socket()
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("0.0.0.0", 8080))
+tcp.listen()
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind((sys.argv[1], 8080))  # else replies take the routing's source address
+
+def serve_udp():
+    while True:
+        data, peer = udp.recvfrom(2048)
+        udp.sendto(b"udp:" + data, peer)
+
+threading.Thread(target=serve_udp, daemon=True).start()
+print("ready", flush=True)
+while True:
+    conn, _ = tcp.accept()
+    with conn:
+        conn.sendall(b"tcp:" + conn.recv(2048))
+"""
+# Prints "<own port> <reply>"; both sockets only take replies from host:port, so a reply whose
+# source was not translated back to the VIP never counts.
+ECHO_CLIENT = """
+import socket, sys
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if proto == "tcp":
+    s = socket.create_connection((host, port), timeout=3)
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.connect((host, port))
+s.sendall(b"hi")
+print(s.getsockname()[1], s.recv(100).decode())
+"""
+
+
+def netns_name(pod: PodNetwork) -> str:
+    return pod.netns.rsplit("/", 1)[1]
+
+
+@contextmanager
+def echo_server(netns: str, ip: Any) -> Iterator[None]:
+    """TCP and UDP echo on `ip` port 8080 in `netns` while the block runs."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", ECHO_SERVER, str(ip)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+def exchange(pod: PodNetwork, proto: str, host: str, port: int) -> tuple[int, str]:
+    """One request/reply from the pod: (the pod's own port, the reply)."""
+    cmd = ["ip", "netns", "exec", netns_name(pod), sys.executable, "-c", ECHO_CLIENT]
+    done = subprocess.run(
+        [*cmd, proto, host, str(port)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    own_port, reply = done.stdout.split()
+    return int(own_port), reply
+
+
+def kube_proxy_dnat(node_netns: str, backend: str) -> None:
+    """What kube-proxy would install for a Service VIP:80/tcp + VIP:53/udp → backend:8080."""
+    for proto, port in (("tcp", 80), ("udp", 53)):
+        subprocess.run(
+            ["ip", "netns", "exec", node_netns, "iptables", "-t", "nat", "-A", "PREROUTING",
+             "-d", f"{SERVICE_VIP}/32", "-p", proto, "--dport", str(port),
+             "-j", "DNAT", "--to-destination", f"{backend}:8080"],
+            check=True,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["local", "remote"])
+async def test_pod_reaches_a_service_through_kube_proxy_dnat(
+    datapath: Datapath, node: Node, backend: str
+) -> None:
+    # On the secondary ENI: the kernel path must still leave through it (the `from` rule).
+    client = node.pod("c", "10.0.0.210", ENI1)
+    await wire(datapath, node, client)
+    if backend == "local":
+        server = node.pod("b", "10.0.0.211")
+        await wire(datapath, node, server)
+        server_netns, backend_ip = netns_name(server), str(server.ip)
+    else:
+        server_netns, backend_ip = node.box.vpc_netns, str(node.box.remote_host_ip)
+    kube_proxy_dnat(node.box.name, backend_ip)
+    before = await asyncio.to_thread(tx_packets, node.box.name)
+    flows = []
+    with echo_server(server_netns, backend_ip):
+        for _ in range(3):
+            tcp_port, tcp = exchange(client, "tcp", SERVICE_VIP, 80)
+            udp_port, udp = exchange(client, "udp", SERVICE_VIP, 53)  # as a DNS query would
+            assert (tcp, udp) == ("tcp:hi", "udp:hi")
+            flows += [Flow(client.ip, tcp_port, 6), Flow(client.ip, udp_port, 17)]
+    after = await asyncio.to_thread(tx_packets, node.box.name)
+    if backend == "remote":
+        assert after[1] - before[1] >= 6
+        assert after[0] - before[0] < 3
+    if isinstance(datapath, BpfDatapath):
+        assert all(datapath.programs.kernel_flow(f) for f in flows)
+        pods = datapath.status()["pods"]
+        assert pods[str(client.ip)]["kernel_path"] >= 6
+        if backend == "local":  # the backend's replies went back through conntrack too
+            assert pods[backend_ip]["kernel_path"] >= 6
+
+
+@needs_bcc
+@pytest.mark.bcc
+async def test_pod_and_vpc_traffic_keeps_the_fast_path(node: Node) -> None:
+    dp = await make_datapath("bpf", host_netns=node.box.name, vpc_cidrs=VPC_CIDRS)
+    await dp.start([ENI0, ENI1])
+    client, server = node.pod("c", "10.0.0.220"), node.pod("s", "10.0.0.221", ENI1)
+    await wire(dp, node, client)
+    await wire(dp, node, server)
+    before = dp.status()["pods"]
+    remote = node.box.remote_host_ip
+    with echo_server(netns_name(server), server.ip), echo_server(node.box.vpc_netns, remote):
+        for host in (str(server.ip), str(remote)):
+            for proto in ("tcp", "udp"):
+                assert exchange(client, proto, host, 8080)[1] == f"{proto}:hi"
+    after = dp.status()["pods"]
+    for ip, least in ((client.ip, 8), (server.ip, 4)):
+        grew = {k: after[str(ip)][k] - before[str(ip)][k] for k in ("redirected", "kernel_path")}
+        assert grew["redirected"] >= least and grew["kernel_path"] == 0, (ip, grew)
+    await dp.close()

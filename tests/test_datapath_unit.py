@@ -47,7 +47,13 @@ def _struct_fields(name: str) -> list[str]:
 
 @pytest.mark.parametrize(
     ("c_name", "mirror"),
-    [("endpoint", bpf.Endpoint), ("eni", bpf.Eni), ("counters", bpf.Counters)],
+    [
+        ("endpoint", bpf.Endpoint),
+        ("eni", bpf.Eni),
+        ("counters", bpf.Counters),
+        ("vpc_cidr", bpf.VpcCidr),
+        ("flow", bpf.Flow),
+    ],
 )
 def test_python_mirrors_the_c_structs(c_name: str, mirror: type) -> None:
     assert _struct_fields(c_name) == [f.name for f in fields(mirror)]
@@ -73,6 +79,8 @@ def test_pins_are_per_host_netns() -> None:
     flags = bpf.cflags("node1", 128)
     assert '-DVPCNI_PIN_DIR="/sys/fs/bpf/vpcni/netns/node1"' in flags
     assert "-DVPCNI_MAX_ENDPOINTS=128" in flags
+    assert f"-DVPCNI_MAX_VPC_CIDRS={bpf.MAX_VPC_CIDRS}" in flags
+    assert f"-DVPCNI_MAX_FLOWS={bpf.MAX_FLOWS}" in flags
 
 
 def test_missing_pod_netns_is_a_clear_error() -> None:
@@ -86,15 +94,15 @@ def test_missing_pod_netns_is_a_clear_error() -> None:
         eni=ENI,
     )
     with pytest.raises(DatapathError) as err:
-        Wiring(None).wire_pod(pod, rules=False)
+        Wiring(None).wire_pod(pod, strict_rp_filter=False)
     assert err.value.missing_netns
 
 
 async def test_factory_modes() -> None:
-    assert (await make_datapath("none", host_netns=None)).mode == "none"
-    kernel = await make_datapath("kernel", host_netns="node1")
+    assert (await make_datapath("none", host_netns=None, vpc_cidrs=[])).mode == "none"
+    kernel = await make_datapath("kernel", host_netns="node1", vpc_cidrs=[])
     assert kernel.mode == "kernel"
     assert kernel.status()["fallback_reason"] is None
     await kernel.close()
     with pytest.raises(ValueError, match="unknown datapath mode"):
-        await make_datapath("ebpf", host_netns=None)
+        await make_datapath("ebpf", host_netns=None, vpc_cidrs=[])

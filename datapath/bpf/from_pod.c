@@ -13,14 +13,25 @@ static __always_inline int is_local(struct __sk_buff *skb, struct iphdr *ip)
 	return bpf_fib_lookup(skb, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
 }
 
+/* Hand the packet to the kernel's stack (netfilter, conntrack, policy routing). */
+static __always_inline int to_kernel(struct counters *count)
+{
+	if (count)
+		count->kernel_path++;
+	return VPCNI_PASS;
+}
+
 int from_pod(struct __sk_buff *skb)
 {
 	struct counters zero = {};
 	__u32 ifindex = skb->ingress_ifindex;
 	struct iphdr *ip = ipv4_header(skb);
+	struct flow pod = {}, peer = {};
 	struct counters *count;
 	struct endpoint *src, *dst;
+	enum l4_kind kind;
 	struct eni *eni;
+	__u8 one = 1;
 	long verdict;
 
 	if (!ip)
@@ -36,9 +47,23 @@ int from_pod(struct __sk_buff *skb)
 			count->spoof_drops++;
 		return VPCNI_DROP;
 	}
+	kind = l4_flows(skb, ip, &pod, &peer);
+	if (kind == L4_KERNEL)
+		return to_kernel(count);
 	dst = endpoints.lookup(&ip->daddr);
+	/* A flow the kernel NATs stays there both ways, else conntrack sees half of it: the
+	 * pod's own port (it reused one, e.g. an unconnected UDP socket), or a local client's
+	 * port when this pod is the backend answering through a Service. */
+	if (kind == L4_PORTS && (kernel_flows.lookup(&pod) || (dst && kernel_flows.lookup(&peer))))
+		return to_kernel(count);
 	if (dst) {
 		verdict = deliver_to_pod(skb, ip, dst);
+	} else if (!in_vpc(ip->daddr)) {
+		/* Service ClusterIPs (kube-proxy DNAT), the internet, peered networks: the kernel
+		 * routes them, and replies of TCP/UDP flows are sent back to it (from_eni). */
+		if (kind == L4_PORTS)
+			kernel_flows.update(&pod, &one);
+		return to_kernel(count);
 	} else {
 		eni = enis.lookup(&src->eni_ifindex);
 		if (!eni || is_local(skb, ip) || !forward_hop(ip))

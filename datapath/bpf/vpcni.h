@@ -1,5 +1,6 @@
 /* Maps, structs and verdicts shared by the tc programs; datapath/bpf.py mirrors each of them.
- * Built by bcc with -DVPCNI_PIN_DIR="..." and -DVPCNI_MAX_ENDPOINTS=N (see bpf.py, cflags()). */
+ * Built by bcc with -DVPCNI_PIN_DIR="...", -DVPCNI_MAX_ENDPOINTS=N, -DVPCNI_MAX_VPC_CIDRS=N and
+ * -DVPCNI_MAX_FLOWS=N (see bpf.py, cflags()). */
 #ifndef VPCNI_H
 #define VPCNI_H
 
@@ -37,13 +38,39 @@ struct counters {
 	__u64 bytes;
 	__u64 redirected;
 	__u64 spoof_drops;
+	__u64 kernel_path; /* handed to the kernel for NAT: Services, outside the VPC, see below */
+};
+
+/* A VPC CIDR, network byte order; slots are filled from 0, mask 0 ends the list.
+ * Python: bpf.VpcCidr. */
+struct vpc_cidr {
+	__be32 network;
+	__be32 mask;
+};
+
+/* The pod's side of a TCP/UDP flow whose packets must all go through the kernel (netfilter
+ * DNAT and conntrack, i.e. kube-proxy). DNAT never changes the client's own address and port,
+ * so this key matches the flow both ways: as source from the pod, as destination towards it.
+ * Python: bpf.Flow. */
+struct flow {
+	__be32 ip;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
 };
 
 BPF_TABLE_PINNED("hash", __be32, struct endpoint, endpoints, VPCNI_MAX_ENDPOINTS,
 		 VPCNI_PIN_DIR "/endpoints");
 BPF_TABLE_PINNED("hash", __u32, struct eni, enis, 64, VPCNI_PIN_DIR "/enis");
+/* "_v2": struct counters grew kernel_path; bcc cannot reuse a pin of another layout. */
 BPF_TABLE_PINNED("percpu_hash", __u32, struct counters, counters, VPCNI_MAX_ENDPOINTS,
-		 VPCNI_PIN_DIR "/counters");
+		 VPCNI_PIN_DIR "/counters_v2");
+BPF_TABLE_PINNED("array", __u32, struct vpc_cidr, vpc_cidrs, VPCNI_MAX_VPC_CIDRS,
+		 VPCNI_PIN_DIR "/vpc_cidrs");
+/* LRU: nothing expires flows, the least recently used make room (a flow's every packet
+ * refreshes it); the value is unused. */
+BPF_TABLE_PINNED("lru_hash", struct flow, __u8, kernel_flows, VPCNI_MAX_FLOWS,
+		 VPCNI_PIN_DIR "/kernel_flows");
 
 /* bcc 0.26 declares this helper with 3 arguments; the kernel's takes 4. */
 static long (*vpcni_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
@@ -60,6 +87,63 @@ static __always_inline struct iphdr *ipv4_header(struct __sk_buff *skb)
 	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return NULL;
 	return ip;
+}
+
+/* Whether an address is inside one of the VPC's CIDRs (the fast path's reach). */
+static __always_inline int in_vpc(__be32 addr)
+{
+	struct vpc_cidr *cidr;
+
+#pragma unroll
+	for (__u32 i = 0; i < VPCNI_MAX_VPC_CIDRS; i++) {
+		__u32 slot = i;
+
+		cidr = vpc_cidrs.lookup(&slot);
+		if (!cidr || !cidr->mask)
+			return 0;
+		if ((addr & cidr->mask) == cidr->network)
+			return 1;
+	}
+	return 0;
+}
+
+enum l4_kind {
+	L4_OTHER,  /* no ports: ICMP echo, other protocols */
+	L4_PORTS,  /* TCP or UDP with its ports: the flows are filled in */
+	L4_KERNEL, /* fragments and ICMP errors: only the kernel can match them to a NATed flow
+		    * (conntrack reassembles, and translates the header an ICMP error quotes) */
+};
+
+#define IP_FRAGMENT 0x3FFF /* more-fragments flag or a fragment offset */
+
+/* Classify a packet and, for TCP/UDP, fill in the flow seen from each end. */
+static __always_inline enum l4_kind l4_flows(struct __sk_buff *skb, struct iphdr *ip,
+					     struct flow *src, struct flow *dst)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	__u8 *l4 = (__u8 *)ip + ip->ihl * 4;
+	__be16 *ports = (__be16 *)l4;
+
+	if (ip->frag_off & bpf_htons(IP_FRAGMENT))
+		return L4_KERNEL;
+	if (ip->protocol == IPPROTO_ICMP) {
+		if (l4 + 1 > (__u8 *)data_end)
+			return L4_OTHER;
+		/* destination unreachable (incl. fragmentation needed), time exceeded, parameter
+		 * problem */
+		return (*l4 == 3 || *l4 == 11 || *l4 == 12) ? L4_KERNEL : L4_OTHER;
+	}
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return L4_OTHER;
+	if ((void *)(ports + 2) > data_end)
+		return L4_OTHER;
+	src->ip = ip->saddr;
+	src->port = ports[0];
+	src->proto = ip->protocol;
+	dst->ip = ip->daddr;
+	dst->port = ports[1];
+	dst->proto = ip->protocol;
+	return L4_PORTS;
 }
 
 /* Count a routing hop like the kernel's ip_decrease_ttl(), with the incremental checksum;
