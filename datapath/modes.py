@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 
 from datapath.bpf import Counters, Endpoint, Eni, Programs
 from datapath.port import DatapathError, EniLink, PodNetwork, WiredPod
-from datapath.wiring import EniDevice, Wiring, host_veth_name, link_exists, netlink
+from datapath.wiring import (
+    EniDevice,
+    Wiring,
+    add_pod_rules,
+    host_veth_name,
+    link_exists,
+    netlink,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -171,12 +178,14 @@ class BpfDatapath(_NodeDatapath):
         self.programs = programs
         self.vpc_cidrs = tuple(vpc_cidrs)
         self._attached: dict[str, str] = {}
+        self._eni_links: dict[int, EniLink] = {}  # by ifindex, as endpoints name them
 
     async def start(self, enis: Sequence[EniLink]) -> None:
         """Set up the ENIs, then swap the new program into every pod still in the pinned maps.
 
-        Entries whose host veth is gone (the pod died while no agent ran) are dropped. The
-        VPC CIDRs are written first: running programs (the old agent's too) share the map.
+        Entries whose host veth is gone (the pod died while no agent ran) are dropped; the
+        others get their policy rules if missing (agents before the Service kernel path made
+        none in BPF mode). The VPC CIDRs are written first: running programs share the map.
         """
         unplaced = await self._run(self.programs.set_vpc_cidrs, self.vpc_cidrs)
         if unplaced:
@@ -189,6 +198,9 @@ class BpfDatapath(_NodeDatapath):
             for ip, ep in self.programs.endpoints().items():
                 if link_exists(ipr, ep.host_ifindex):
                     self.programs.attach(ipr, ep.host_ifindex, "from_pod")
+                    eni = self._eni_links.get(ep.eni_ifindex)
+                    if eni is not None:
+                        add_pod_rules(ipr, ip, eni)
                     name = ipr.link("get", index=ep.host_ifindex)[0].get("IFLA_IFNAME")
                     self._attached[str(name)] = "from_pod"
                 else:
@@ -201,6 +213,7 @@ class BpfDatapath(_NodeDatapath):
     def _add_eni(self, eni: EniLink) -> EniDevice:
         device = super()._add_eni(eni)
         self.programs.put_eni(device.ifindex, Eni(gateway=device.gateway, mac=eni.mac))
+        self._eni_links[device.ifindex] = eni
         with netlink(self.host_netns) as ipr:
             self.programs.attach(ipr, device.ifindex, "from_eni")
         self._attached[device.ifname] = "from_eni"
@@ -210,6 +223,7 @@ class BpfDatapath(_NodeDatapath):
         device = self._enis.get(eni.eni_id)
         if device is not None:
             self.programs.delete_eni(device.ifindex)
+            self._eni_links.pop(device.ifindex, None)
             with netlink(self.host_netns) as ipr:
                 if link_exists(ipr, device.ifindex):
                     self.programs.detach(ipr, device.ifindex)

@@ -312,7 +312,7 @@ class Wiring:
             ipr.route("replace", dst=f"{pod.ip}/32", oif=host_index, scope=_SCOPE_LINK)
             # Both modes: the kernel path (BPF mode's Services, outside the VPC) needs the
             # `from` rule to leave through the pod's own ENI.
-            self._add_rules(ipr, pod)
+            add_pod_rules(ipr, pod.ip, pod.eni)
             if strict_rp_filter:
                 self._strict_rp_filter(host_veth)
             wired = WiredPod(
@@ -329,10 +329,6 @@ class Wiring:
         with entered(self.host_netns), open(path, "w") as f:
             f.write("1\n")
 
-    def _add_rules(self, ipr: Any, pod: PodNetwork) -> None:
-        for rule in _pod_rules(pod):
-            _ignore((errno.EEXIST,), ipr.rule, "add", **rule)
-
     def unwire_pod(self, pod: PodNetwork, *, cleanup: Cleanup | None = None) -> None:
         """Remove the veth pair, the host route and both rules; anything missing is fine.
 
@@ -347,7 +343,7 @@ class Wiring:
                 if index is not None:
                     _ignore(_GONE, ipr.link, "del", index=index)
                 # The /32 route goes with the veth; rules outlive it and must go by hand.
-                for rule in _pod_rules(pod):
+                for rule in _pod_rules(pod.ip, pod.eni):
                     _ignore(_GONE, ipr.rule, "del", **rule)
         except NetlinkError as e:
             raise DatapathError(f"unwiring {pod.pod_namespace}/{pod.pod_name}: {e}") from e
@@ -367,7 +363,7 @@ class Wiring:
             if not routes or routes[0].get("RTA_OIF") != index:
                 problems.append(f"route to {pod.ip} does not use {host_veth}")
             present = {_rule_tuple(r) for r in ipr.rule("dump")}
-            for rule in _pod_rules(pod):
+            for rule in _pod_rules(pod.ip, pod.eni):
                 if _wanted_rule_tuple(rule) not in present:
                     problems.append(f"rule {rule} is missing")
         try:
@@ -399,16 +395,22 @@ def _check_pod_side(ipr: Any, pod: PodNetwork, host_mac: str) -> list[str]:
     return problems
 
 
-def _pod_rules(pod: PodNetwork) -> list[dict[str, Any]]:
+def add_pod_rules(ipr: Any, ip: IPv4Address, eni: EniLink) -> None:
+    """A pod's `to` rule, and its `from` rule on a secondary ENI; existing ones are fine."""
+    for rule in _pod_rules(ip, eni):
+        _ignore((errno.EEXIST,), ipr.rule, "add", **rule)
+
+
+def _pod_rules(ip: IPv4Address, eni: EniLink) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = [
-        {"dst": str(pod.ip), "dst_len": 32, "table": MAIN_TABLE, "priority": TO_POD_RULE_PRIORITY}
+        {"dst": str(ip), "dst_len": 32, "table": MAIN_TABLE, "priority": TO_POD_RULE_PRIORITY}
     ]
-    if not pod.eni.primary:
+    if not eni.primary:
         rules.append(
             {
-                "src": str(pod.ip),
+                "src": str(ip),
                 "src_len": 32,
-                "table": eni_route_table(pod.eni),
+                "table": eni_route_table(eni),
                 "priority": FROM_POD_RULE_PRIORITY,
             }
         )

@@ -359,6 +359,9 @@ async def test_ping_survives_agent_restart(node: Node) -> None:
     await wire(dp, node, a)
     await wire(dp, node, b)
     await dp.close()  # the old agent is gone; its programs and pins stay
+    # As an agent before BPF mode made policy rules would have left it: a restart adds it.
+    from_rule = ["ip", "-n", node.box.name, "rule", "del", "from", "10.0.0.181", "lookup", "2"]
+    subprocess.run(from_rule, check=True)
     spec = {
         "host_netns": node.box.name,
         "vpc_cidrs": [str(c) for c in VPC_CIDRS],
@@ -392,6 +395,7 @@ async def test_ping_survives_agent_restart(node: Node) -> None:
         assert set(status["programs"].values()) == {"from_pod", "from_eni"}
     assert await pinger == count
     assert ping(b, node.box.remote_host_ip) == 3
+    assert "1536:\tfrom 10.0.0.181 lookup 2" in residue(node.box.name)["rules"]
 
 
 @needs_bcc
