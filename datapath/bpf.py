@@ -164,6 +164,10 @@ class Programs:
         self._vpc_cidrs = self._bpf[b"vpc_cidrs"]
         self._kernel_flows = self._bpf[b"kernel_flows"]
 
+    def prog_fd(self, hook: str) -> int:
+        """The loaded program's fd (bench/prog_cost.py runs it with BPF_PROG_TEST_RUN)."""
+        return int(self._functions[hook].fd)
+
     # --- attach (the caller's IPRoute decides the netns) --------------------------------------
 
     def attach(self, ipr: Any, ifindex: int, hook: str) -> None:
