@@ -82,7 +82,7 @@ class VpcCidr:
 
 @dataclass(frozen=True, slots=True)
 class Flow:
-    """A pod's side of a flow the kernel NATs (struct flow), the key of kernel_flows."""
+    """The client's end of a flow the kernel NATs (struct flow), the key of kernel_flows."""
 
     ip: IPv4Address
     port: int

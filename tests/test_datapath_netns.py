@@ -456,15 +456,16 @@ while True:
         conn.sendall(b"tcp:" + conn.recv(2048))
 """
 # Prints "<own port> <reply>"; both sockets only take replies from host:port, so a reply whose
-# source was not translated back to the VIP never counts.
+# source was not translated back (to the VIP, the node) never counts.
 ECHO_CLIENT = """
 import socket, sys
-proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+proto, host, port, source = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if proto == "tcp":
-    s = socket.create_connection((host, port), timeout=3)
+    s = socket.create_connection((host, port), timeout=3, source_address=(source, 0))
 else:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(3)
+    s.bind((source, 0))
     s.connect((host, port))
 s.sendall(b"hi")
 print(s.getsockname()[1], s.recv(100).decode())
@@ -491,11 +492,13 @@ def echo_server(netns: str, ip: Any) -> Iterator[None]:
         server.wait()
 
 
-def exchange(pod: PodNetwork, proto: str, host: str, port: int) -> tuple[int, str]:
-    """One request/reply from the pod: (the pod's own port, the reply)."""
-    cmd = ["ip", "netns", "exec", netns_name(pod), sys.executable, "-c", ECHO_CLIENT]
+def exchange(
+    netns: str, proto: str, host: Any, port: int, source: Any = "0.0.0.0"
+) -> tuple[int, str]:
+    """One request/reply from `netns`: (the client's own port, the reply)."""
+    cmd = ["ip", "netns", "exec", netns, sys.executable, "-c", ECHO_CLIENT]
     done = subprocess.run(
-        [*cmd, proto, host, str(port)],
+        [*cmd, proto, str(host), str(port), str(source)],
         capture_output=True,
         text=True,
         timeout=10,
@@ -535,8 +538,8 @@ async def test_pod_reaches_a_service_through_kube_proxy_dnat(
     flows = []
     with echo_server(server_netns, backend_ip):
         for _ in range(3):
-            tcp_port, tcp = exchange(client, "tcp", SERVICE_VIP, 80)
-            udp_port, udp = exchange(client, "udp", SERVICE_VIP, 53)  # as a DNS query would
+            tcp_port, tcp = exchange(netns_name(client), "tcp", SERVICE_VIP, 80)
+            udp_port, udp = exchange(netns_name(client), "udp", SERVICE_VIP, 53)  # as DNS would
             assert (tcp, udp) == ("tcp:hi", "udp:hi")
             flows += [Flow(client.ip, tcp_port, 6), Flow(client.ip, udp_port, 17)]
     after = await asyncio.to_thread(tx_packets, node.box.name)
@@ -564,9 +567,31 @@ async def test_pod_and_vpc_traffic_keeps_the_fast_path(node: Node) -> None:
     with echo_server(netns_name(server), server.ip), echo_server(node.box.vpc_netns, remote):
         for host in (str(server.ip), str(remote)):
             for proto in ("tcp", "udp"):
-                assert exchange(client, proto, host, 8080)[1] == f"{proto}:hi"
+                assert exchange(netns_name(client), proto, host, 8080)[1] == f"{proto}:hi"
     after = dp.status()["pods"]
     for ip, least in ((client.ip, 8), (server.ip, 4)):
         grew = {k: after[str(ip)][k] - before[str(ip)][k] for k in ("redirected", "kernel_path")}
         assert grew["redirected"] >= least and grew["kernel_path"] == 0, (ip, grew)
     await dp.close()
+
+
+async def test_node_port_without_snat_reaches_a_local_pod(datapath: Datapath, node: Node) -> None:
+    # NodePort with externalTrafficPolicy: Local (or a hostPort): DNAT to a local pod, client
+    # address kept, client inside the VPC. The pod's replies must go back through conntrack.
+    server = node.pod("b", "10.0.0.230")
+    await wire(datapath, node, server)
+    subprocess.run(
+        ["ip", "netns", "exec", node.box.name, "iptables", "-t", "nat", "-A", "PREROUTING",
+         "-d", str(ENI0.primary_ip), "-p", "tcp", "--dport", "30080",
+         "-j", "DNAT", "--to-destination", f"{server.ip}:8080"],
+        check=True,
+    )  # fmt: skip
+    remote = node.box.remote_host_ip
+    with echo_server(netns_name(server), server.ip):
+        for _ in range(3):
+            reply = exchange(node.box.vpc_netns, "tcp", ENI0.primary_ip, 30080, source=remote)
+            assert reply[1] == "tcp:hi"
+        # The same client straight to the pod (VPC traffic) still works.
+        assert exchange(node.box.vpc_netns, "tcp", server.ip, 8080, source=remote)[1] == "tcp:hi"
+    if isinstance(datapath, BpfDatapath):
+        assert datapath.status()["pods"][str(server.ip)]["kernel_path"] >= 3

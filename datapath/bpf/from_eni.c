@@ -1,21 +1,42 @@
 /* tc ingress of each ENI: traffic for a local pod goes straight into the pod's netns, except
- * replies of flows the kernel NATs (kernel_flows), which conntrack must translate back. */
+ * flows the kernel NATs (kernel_flows), which conntrack must see both ways. */
 #include "vpcni.h"
+
+/* The first packet of a TCP connection (SYN without ACK). */
+static __always_inline int tcp_syn(struct __sk_buff *skb, struct iphdr *ip)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
+
+	if (ip->protocol != IPPROTO_TCP || (void *)(tcp + 1) > data_end)
+		return 0;
+	return tcp->syn && !tcp->ack;
+}
 
 int from_eni(struct __sk_buff *skb)
 {
+	struct flow remote = {}, local = {};
 	struct iphdr *ip = ipv4_header(skb);
-	struct flow remote = {}, pod = {};
 	struct endpoint *dst;
 	enum l4_kind kind;
+	__u8 one = 1;
 
 	if (!ip)
 		return VPCNI_PASS;
+	kind = l4_flows(skb, ip, &remote, &local);
 	dst = endpoints.lookup(&ip->daddr);
-	if (!dst)
+	if (!dst) {
+		/* A connection to the node: a NodePort (externalTrafficPolicy Local) or hostPort
+		 * DNAT may hand it to a local pod without SNAT. The client's end is what that DNAT
+		 * keeps: record it, so that the pod's replies go back through the kernel too
+		 * (from_pod). Only on a SYN: replies to the node's own connections (API server,
+		 * DNS) must not send pods' flows to those servers the slow way. */
+		if (kind == L4_PORTS && tcp_syn(skb, ip))
+			kernel_flows.update(&remote, &one);
 		return VPCNI_PASS;
-	kind = l4_flows(skb, ip, &remote, &pod);
-	if (kind == L4_KERNEL || (kind == L4_PORTS && kernel_flows.lookup(&pod)))
+	}
+	if (kind == L4_KERNEL ||
+	    (kind == L4_PORTS && (kernel_flows.lookup(&local) || kernel_flows.lookup(&remote))))
 		return VPCNI_PASS;
 	return deliver_to_pod(skb, ip, dst);
 }

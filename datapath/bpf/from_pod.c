@@ -50,12 +50,13 @@ int from_pod(struct __sk_buff *skb)
 	kind = l4_flows(skb, ip, &pod, &peer);
 	if (kind == L4_KERNEL)
 		return to_kernel(count);
-	dst = endpoints.lookup(&ip->daddr);
 	/* A flow the kernel NATs stays there both ways, else conntrack sees half of it: the
-	 * pod's own port (it reused one, e.g. an unconnected UDP socket), or a local client's
-	 * port when this pod is the backend answering through a Service. */
-	if (kind == L4_PORTS && (kernel_flows.lookup(&pod) || (dst && kernel_flows.lookup(&peer))))
+	 * pod's own port (a Service client; also its later flows from that port), or the peer's
+	 * (this pod is the backend answering a local Service client, or a client that reached it
+	 * through the node: NodePort, hostPort). */
+	if (kind == L4_PORTS && (kernel_flows.lookup(&pod) || kernel_flows.lookup(&peer)))
 		return to_kernel(count);
+	dst = endpoints.lookup(&ip->daddr);
 	if (dst) {
 		verdict = deliver_to_pod(skb, ip, dst);
 	} else if (!in_vpc(ip->daddr)) {

@@ -9,6 +9,7 @@
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
 #include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/tcp.h>
 
 /* What a program tells tc; Python: bpf.Verdict. */
 enum vpcni_verdict {
@@ -48,10 +49,10 @@ struct vpc_cidr {
 	__be32 mask;
 };
 
-/* The pod's side of a TCP/UDP flow whose packets must all go through the kernel (netfilter
- * DNAT and conntrack, i.e. kube-proxy). DNAT never changes the client's own address and port,
- * so this key matches the flow both ways: as source from the pod, as destination towards it.
- * Python: bpf.Flow. */
+/* The client's end of a TCP/UDP flow whose packets must all go through the kernel (netfilter
+ * DNAT and conntrack, i.e. kube-proxy): DNAT never changes it, so the key matches the flow
+ * both ways. A pod's end for its Service flows (from_pod), a remote client's for flows to the
+ * node (from_eni: TCP NodePort, hostPort). Python: bpf.Flow. */
 struct flow {
 	__be32 ip;
 	__be16 port;
