@@ -82,7 +82,7 @@ async def run(settings: Settings) -> None:
             from agent import sim
             from datapath.sandbox import Sandbox
 
-            sandbox = Sandbox(settings.host_netns)
+            sandbox = Sandbox(settings.host_netns, remote_host_ip=sim.remote_host_ip(identity))
             await asyncio.to_thread(sandbox.up)
             links = sim.SandboxLinks(cloud, sandbox)
             await asyncio.to_thread(links.attach_existing, cloud.instance_id)

@@ -20,10 +20,11 @@ from typing import Any
 from agent.cloud import emulator
 from agent.cloud.emulator.model import ApiError
 from agent.cloud.emulator.model import Eni as SimEni
+from agent.cloud.port import NodeIdentity
 from agent.settings import Settings
 from agent.store import write_atomic
 from datapath.port import Datapath, EniLink, PodNetwork, WiredPod
-from datapath.sandbox import Sandbox
+from datapath.sandbox import DEFAULT_REMOTE_HOST, Sandbox
 
 log = logging.getLogger("vpcni.sim")
 
@@ -134,6 +135,16 @@ def _restore_cloud(cloud: emulator.SimCloud, settings: Settings, path: Path) -> 
         log.warning("emulator state only partly restored", extra={"error": str(e)})
         return
     log.info("emulator state restored", extra={"enis": len(doc.get("enis", []))})
+
+
+def remote_host_ip(identity: NodeIdentity) -> IPv4Address:
+    """The sandbox's "remote VPC host": inside the VPC (so pod traffic to it takes the same
+    path as to any VPC peer) but outside the node's subnet (no ENI or pod can be given it)."""
+    vpc = identity.vpc_cidrs[0]
+    for candidate in (vpc.broadcast_address - 1, vpc.network_address + 2):
+        if candidate not in identity.subnet_cidr:
+            return candidate
+    return DEFAULT_REMOTE_HOST
 
 
 class SandboxLinks:
