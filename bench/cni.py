@@ -79,31 +79,30 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         k: [] for k in ("ours_add", "ours_del", "peer_add", "peer_del")
     }
     nsenter = []
+    sides = (("ours", [str(shim)], ours_conf), ("peer", peer, peer_conf))
+
+    def both(command: str, i: int) -> None:
+        """One CNI command for pod i, vpcni then the peer, timed."""
+        for side, plugin, conf in sides:
+            rc, doc, ms = run_plugin(
+                plugin, command, conf, container=f"bench{i}",
+                netns=f"/var/run/netns/vpcnibench-{side}{i}", pod=f"pod{i}",
+            )  # fmt: skip
+            if rc != 0:
+                raise RuntimeError(f"{side} {command} failed: {doc}")
+            times[f"{side}_{command.lower()}"].append(ms)
+
     try:
         for i in range(pods):
-            for side in ("ours", "peer"):
+            for side, _, _ in sides:
                 _netns(f"vpcnibench-{side}{i}", add=True)
         for i in range(pods):
-            for side, plugin, conf in (("ours", [str(shim)], ours_conf), ("peer", peer, peer_conf)):
-                rc, doc, ms = run_plugin(
-                    plugin, "ADD", conf, container=f"bench{i}",
-                    netns=f"/var/run/netns/vpcnibench-{side}{i}", pod=f"pod{i}",
-                )  # fmt: skip
-                if rc != 0:
-                    raise RuntimeError(f"{side} ADD failed: {doc}")
-                times[f"{side}_add"].append(ms)
+            both("ADD", i)
             started = time.perf_counter()
             subprocess.run(["nsenter", f"--net=/var/run/netns/{PEER_HOST}", "true"], check=True)
             nsenter.append((time.perf_counter() - started) * 1000)
         for i in range(pods):
-            for side, plugin, conf in (("ours", [str(shim)], ours_conf), ("peer", peer, peer_conf)):
-                rc, doc, ms = run_plugin(
-                    plugin, "DEL", conf, container=f"bench{i}",
-                    netns=f"/var/run/netns/vpcnibench-{side}{i}", pod=f"pod{i}",
-                )  # fmt: skip
-                if rc != 0:
-                    raise RuntimeError(f"{side} DEL failed: {doc}")
-                times[f"{side}_del"].append(ms)
+            both("DEL", i)
         version_ours = [run_plugin([str(shim)], "VERSION", ours_conf, container="v", netns="",
                                    pod="v")[2] for _ in range(20)]  # fmt: skip
         version_peer = [run_plugin([str(PEER_DIR / "ptp")], "VERSION", peer_conf, container="v",
