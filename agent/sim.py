@@ -221,8 +221,9 @@ class SandboxedDatapath:
         return wired
 
     async def unwire(self, pod: PodNetwork) -> None:
-        await asyncio.to_thread(self.sandbox.unroute_pod, pod.ip)
-        await self.inner.unwire(pod)
+        await asyncio.gather(
+            asyncio.to_thread(self.sandbox.unroute_pod, pod.ip), self.inner.unwire(pod)
+        )
 
     async def check(self, pod: PodNetwork) -> list[str]:
         return await self.inner.check(pod)
