@@ -55,6 +55,11 @@ log = logging.getLogger("vpcni.node")
 CNI_VERSION = "1.19.0"
 # How often the pool manager re-reads EC2 even when nothing happens (VPC CNI: ~1 min).
 RESYNC_PERIOD = 60.0
+# After EC2 throttles or fails an action (past the adapter's own retries), pool actions pause
+# 1 s, 2 s, 4 s ... (jittered, capped): waiting ADDs must not turn into a burst of calls into an
+# account that is already being throttled.
+EC2_PAUSE_FIRST = 1.0
+EC2_PAUSE_MAX = 30.0
 # Actions that grow the pool (an ADD waiting for an address waits on these).
 GROWING = (AssignPrefixes, AssignIps, CreateEni)
 
@@ -179,6 +184,8 @@ class Node:
         self._inflight: set[asyncio.Task[Any]] = set()
         self._adding: Counter[IPAMKey] = Counter()
         self._waiting = 0  # ADDs waiting for an address: demand the planner sizes growth by
+        self._ec2_failures = 0  # consecutive failed pool actions (throttled, unavailable)
+        self._pause_until = 0.0  # monotonic; no pool action before it
         self._last_resync = 0.0
 
     # -- start-up and shutdown -----------------------------------------------------------------
@@ -460,6 +467,10 @@ class Node:
 
     # -- pool manager --------------------------------------------------------------------------
 
+    def ec2_pause(self) -> float:
+        """Seconds until the pool manager may call EC2 again after a failure (0: now)."""
+        return max(self._pause_until - _monotonic(), 0.0)
+
     def wake(self) -> None:
         """Ask the pool manager to run a round soon."""
         self._wake.set()
@@ -480,6 +491,9 @@ class Node:
             period = self.settings.pool_period * (0.8 + 0.4 * self.rng.random())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=period)
+            pause = self._pause_until - _monotonic()
+            if pause > 0:  # EC2 asked us to slow down: wake-ups wait too
+                await asyncio.sleep(pause)
             self._wake.clear()
             if self._closing:
                 return
@@ -532,9 +546,14 @@ class Node:
             self.counters.error(type(e).__name__)
             await self._resync_quietly()
         except Ec2Error as e:
-            outcome = f"{e.code or type(e).__name__}: {e}"
+            self._ec2_failures += 1
+            pause = min(EC2_PAUSE_FIRST * 2 ** (self._ec2_failures - 1), EC2_PAUSE_MAX)
+            pause *= 0.5 + self.rng.random()
+            self._pause_until = _monotonic() + pause
+            outcome = f"{e.code or type(e).__name__}: {e}; pool actions pause {pause:.1f}s"
             self.counters.error("ec2")
         else:
+            self._ec2_failures = 0
             if isinstance(action, AssignPrefixes):
                 self.backoff.record_success(action.subnet_id)
             if isinstance(action, CreateEni) and action.prefixes:

@@ -807,7 +807,8 @@ def test_waiting_adds_grow_the_pool_by_their_whole_deficit_at_once() -> None:
     assert alone.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=1)
 
     rush = plan(state, PREFIX_1, M5, backoff=PrefixBackoff(), now=NOW, pending=40)
-    assert rush.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=3)
+    # 40 addresses for the waiting pods + 16 for WARM_PREFIX_TARGET=1 once they hold theirs.
+    assert rush.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=4)
     assert "40 ADDs waiting" in rush.reason and "0 addresses free now" in rush.reason
 
 

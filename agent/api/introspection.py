@@ -158,6 +158,7 @@ def pool(node: Node) -> dict[str, Any]:
             }
             for entry in node.backoff.subnets.values()
         ],
+        "ec2_pause_s": round(node.ec2_pause(), 3),
         "ec2_calls": {action: dict(values) for action, values in node.ec2.call_stats().items()},
     }
 

@@ -12,9 +12,10 @@ low pool (fill existing ENIs first, then a new ENI), (3) shrink an over-full poo
 at most one ENI).
 
 Beyond the VPC CNI, the round also knows how many ADDs are waiting for an address (`pending`):
-when they outnumber the addresses free right now (cooling ones are not), it grows by the whole
-deficit in one call instead of one target's worth per round, and it never shrinks while any
-wait. With `pending=0` the rules are exactly ipamd's.
+when they outnumber the addresses free right now (cooling ones are not), it grows in one call
+by their deficit plus what the warm target will lack once they are served, instead of one
+target's worth per round, and it never shrinks while any wait. With `pending=0` the rules are
+exactly ipamd's.
 """
 
 from __future__ import annotations
@@ -179,19 +180,28 @@ class _Round:
         return decision
 
     def _demand(self) -> Decision | None:
-        """Grow by what the waiting ADDs lack, all at once (beyond the VPC CNI)."""
+        """Grow by what the waiting ADDs lack, all at once (beyond the VPC CNI): enough for
+        them and for the warm target that will be short once they are served, in one call."""
         s = self.stats
         free_now = s.total - s.assigned - s.cooling
         deficit = self.pending - free_now
         if deficit <= 0:
             return None
+        if self.settings.warm_ip_targets_defined:
+            warm = self.settings.warm_ip_target or 0
+        elif self.prefixes:
+            warm = PREFIX_SIZE * self.settings.warm_prefix_target
+        else:
+            warm = self.slots * self.settings.warm_eni_target
+        # The warm target counts cooling addresses as available, as ipamd does.
+        need = max(deficit, self.pending + warm - s.available)
         # Secondary mode fills an ENI as ipamd would; WARM_IP_TARGET users asked for IP steps.
-        ips = deficit if self.settings.warm_ip_targets_defined else max(deficit, self.slots)
+        ips = need if self.settings.warm_ip_targets_defined else max(need, self.slots)
         return self._grow(
-            prefixes=math.ceil(deficit / PREFIX_SIZE),
+            prefixes=math.ceil(need / PREFIX_SIZE),
             ips=ips,
             why=f"{self.pending} ADDs waiting, {free_now} addresses free now",
-            short=deficit,
+            short=need,
         )
 
     def _decision(
