@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent.cloud.port import Throttled
 from agent.ipam import checkpoint, instances
 from agent.ipam.state import IPAMKey, Lease
 from agent.node import Node, NodeError, PodRequest
@@ -434,6 +435,30 @@ async def test_insufficient_cidr_backs_off_and_falls_back_to_secondary_ips(
     assert fallback[-1].action.startswith("assign")
     assert n.counters.ipamd_errors["insufficient_cidr"] >= 1
     assert attachment.lease.ip in w.model.primary_eni(w.model.instance(w.instance_id)).secondary_ips
+
+
+async def test_a_throttled_action_pauses_the_pool_however_often_adds_wake_it(
+    tmp_path: Path, make: Make
+) -> None:
+    w = fakes.world()
+    ec2 = fakes.ModelEc2(w.model)
+    ec2.fail_next["assign_prefixes"] = Throttled(
+        "Request limit exceeded.", code="RequestLimitExceeded"
+    )
+    n = make(w, fakes.settings(tmp_path, warm_prefix_target=1), ec2=ec2)
+    await n.start()
+    await fakes.until(lambda: n.ec2_pause() > 0, what="a pause after the throttled call")
+    assert "RequestLimitExceeded" in n.plans[-1].outcome and "pause" in n.plans[-1].outcome
+
+    for _ in range(20):  # waiting ADDs wake the manager again and again
+        n.wake()
+        await asyncio.sleep(0.01)
+    if n.ec2_pause() > 0:  # (the pause is ≥ 0.5 s; only a stalled machine skips this)
+        assert ec2.calls["assign_prefixes"] == 1
+
+    await fakes.until(lambda: ec2.calls["assign_prefixes"] == 2, what="the retry after the pause")
+    await fakes.until(lambda: n.state.stats(n.clock()).prefixes == 1, what="the prefix")
+    assert n.ec2_pause() == 0
 
 
 async def test_stop_writes_the_checkpoint(tmp_path: Path, make: Make) -> None:
