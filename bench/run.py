@@ -11,7 +11,7 @@ import os
 import platform
 import time
 
-from bench import allocator, burst, cni, traffic
+from bench import allocator, burst, cni, fleet, traffic
 
 
 def main() -> None:
@@ -34,6 +34,15 @@ def main() -> None:
         r = b[name]
         print(f"| {name} | {r['p50_s']} | {r['p90_s']} | {r['max_s']} | {r['adds_sent']} |")
     print(f"| ratio | {b['p50_ratio']} | | {b['max_ratio']} | |")
+    f = fleet.main()
+    print(f"\n## Fleet scale-up: {f['nodes']} nodes x {f['pods_per_node']} pods, one throttled "
+          "account (ratio = vpcni / peer)\n")  # fmt: skip
+    print("| | all pods placed, s | mutating calls | throttled |")
+    print("|---|---|---|---|")
+    for name in ("vpcni", "peer"):
+        r = f[name]
+        print(f"| {name} | {r['all_pods_s']} | {r['mutating_calls']} | {r['throttled']} |")
+    print(f"| ratio | {f['time_ratio']} | {f['calls_ratio']} | |")
     if os.geteuid() != 0:
         print("\n(CNI latency and traffic need root: skipped)")
         return
