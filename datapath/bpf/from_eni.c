@@ -16,13 +16,13 @@ static __always_inline int tcp_syn(struct __sk_buff *skb, struct iphdr *ip)
 int from_eni(struct __sk_buff *skb)
 {
 	struct flow remote = {}, local = {};
-	struct iphdr *ip = ipv4_header(skb);
+	struct iphdr *ip = NULL;
 	struct endpoint *dst;
 	enum l4_kind kind;
 	__u8 one = 1;
 
-	if (!ip)
-		return VPCNI_PASS;
+	if (parse_ipv4(skb, &ip) != PARSED_IPV4 || !ip)
+		return VPCNI_PASS; /* not IPv4, or for the kernel to drop */
 	kind = l4_flows(skb, ip, &remote, &local);
 	dst = endpoints.lookup(&ip->daddr);
 	if (!dst) {

@@ -25,8 +25,9 @@ int from_pod(struct __sk_buff *skb)
 {
 	struct counters zero = {};
 	__u32 ifindex = skb->ingress_ifindex;
-	struct iphdr *ip = ipv4_header(skb);
 	struct flow pod = {}, peer = {};
+	struct iphdr *ip = NULL;
+	enum parsed parsed;
 	struct counters *count;
 	struct endpoint *src, *dst;
 	enum l4_kind kind;
@@ -34,12 +35,19 @@ int from_pod(struct __sk_buff *skb)
 	__u8 one = 1;
 	long verdict;
 
-	if (!ip)
+	parsed = parse_ipv4(skb, &ip);
+	if (parsed == PARSED_OTHER)
 		return VPCNI_PASS;
 	count = counters.lookup_or_try_init(&ifindex, &zero);
 	if (count) {
 		count->packets++;
 		count->bytes += skb->len;
+	}
+	/* An IPv4 packet whose source cannot be read cannot be proven the pod's own. */
+	if (parsed != PARSED_IPV4 || !ip) {
+		if (count)
+			count->spoof_drops++;
+		return VPCNI_DROP;
 	}
 	src = endpoints.lookup(&ip->saddr);
 	if (!src || src->host_ifindex != ifindex) {

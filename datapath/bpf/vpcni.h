@@ -77,17 +77,43 @@ BPF_TABLE_PINNED("lru_hash", struct flow, __u8, kernel_flows, VPCNI_MAX_FLOWS,
 static long (*vpcni_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
 				    __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
 
-/* The IPv4 header of an Ethernet frame, or NULL for anything else (ARP, IPv6, runts). */
-static __always_inline struct iphdr *ipv4_header(struct __sk_buff *skb)
+/* What a parser says about a frame. */
+enum parsed {
+	PARSED_IPV4,  /* the IPv4 header (options included) and 8 bytes of L4 are linear, or the
+		       * packet ends before that */
+	PARSED_OTHER, /* not IPv4: ARP, IPv6 */
+	PARSED_BAD,   /* says IPv4 but cannot be parsed: a runt or a bad header length */
+};
+
+/* Bytes of the frame a program reads: Ethernet, the longest IPv4 header, the L4 ports (or the
+ * ICMP type/code/checksum/id). */
+#define HEADERS_LEN (ETH_HLEN + 60 + 8)
+
+/* Make the headers readable. A sender may put them outside the linear area (AF_PACKET with
+ * PACKET_VNET_HDR, GSO/GRO frames), where a check against data_end fails although the packet
+ * is a perfectly routable IPv4 packet: pull them in rather than treating it as "not IPv4". */
+static __always_inline enum parsed parse_ipv4(struct __sk_buff *skb, struct iphdr **out)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = data + sizeof(*eth);
+	__u32 want = skb->len < HEADERS_LEN ? skb->len : HEADERS_LEN;
+	struct iphdr *ip;
 
-	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return NULL;
-	return ip;
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return PARSED_OTHER;
+	if (data + want > data_end) {
+		if (bpf_skb_pull_data(skb, want) < 0)
+			return PARSED_BAD;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > data_end || ((struct ethhdr *)data)->h_proto != bpf_htons(ETH_P_IP))
+		return PARSED_BAD;
+	if (ip->ihl < 5 || (void *)ip + ip->ihl * 4 > data_end)
+		return PARSED_BAD;
+	*out = ip;
+	return PARSED_IPV4;
 }
 
 /* Whether an address is inside one of the VPC's CIDRs (the fast path's reach). */
