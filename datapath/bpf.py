@@ -23,16 +23,25 @@ from pyroute2.netlink.exceptions import NetlinkError
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/vpcni"
 SOURCE_DIR = Path(__file__).with_name("bpf")
-HOOKS = ("from_pod", "from_eni")
+HOOKS = ("from_pod", "from_eni", "to_eni")
+# Headers joined ahead of the hooks, in this order.
+HEADERS = ("vpcni.h", "nat.h")
 MAX_ENDPOINTS = 16384
 # VPC CIDRs the fast path knows (AWS allows 5 per VPC by default); more go the kernel's way.
 MAX_VPC_CIDRS = 8
 # Flows handed to the kernel (Services, outside the VPC); least recently used make room.
 MAX_FLOWS = 65536
-# Our filter's place on clsact ingress; fixed so a new agent replaces instead of adding.
+# SNAT flows (per map; LRU). Each takes two entries, one per direction.
+MAX_NAT = 65536
+# AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS slots; more are refused at start.
+MAX_EXCLUDE_CIDRS = 16
+# Our filter's place on clsact ingress/egress; fixed so a new agent replaces instead of adding.
 TC_PRIO = 7
 TC_HANDLE = 0x7C
 TC_INGRESS = "ffff:fff2"
+TC_EGRESS = "ffff:fff3"
+# Which clsact side each hook goes on.
+HOOK_PARENT = {"from_pod": TC_INGRESS, "from_eni": TC_INGRESS, "to_eni": TC_EGRESS}
 
 
 class Verdict(IntEnum):
@@ -80,6 +89,68 @@ class VpcCidr:
     mask: IPv4Address
 
 
+class Randomize(IntEnum):
+    """How SNAT picks ports (enum snat_randomize; AWS_VPC_K8S_CNI_RANDOMIZESNAT)."""
+
+    SEQUENTIAL = 0  # "none"
+    HASH = 1  # "hashrandom"
+    PRNG = 2  # "prng"
+
+
+class SnatStat(IntEnum):
+    """SNAT counters by reason (enum snat_stat), slots of the snat_stats per-CPU array."""
+
+    NEW = 0
+    OUT = 1
+    IN = 2
+    EXCLUDED = 3
+    COLLISION = 4
+    NO_PORT = 5
+    RECLAIMED = 6
+    EXPIRED = 7
+    EVICTED = 8
+    CLOSED = 9
+    UNTRACKED = 10
+    UNSUPPORTED = 11
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnatConfig:
+    """Slot 0 of snat_config (struct snat_config); node_ip 0.0.0.0 turns SNAT off."""
+
+    node_ip: IPv4Address
+    node_ifindex: int
+    port_min: int
+    port_max: int
+    randomize: Randomize
+    hash_secret: int
+    tcp_timeout: int
+    closing_timeout: int
+    udp_timeout: int
+    icmp_timeout: int
+
+
+@dataclass(frozen=True, slots=True)
+class NatKey:
+    """A SNAT tuple (struct nat_key): the pod's view in nat_out, the reply's in nat_in."""
+
+    remote: IPv4Address
+    local: IPv4Address
+    remote_port: int
+    local_port: int
+    proto: int
+
+
+@dataclass(frozen=True, slots=True)
+class NatEntry:
+    """Where a tuple translates to (struct nat_entry)."""
+
+    addr: IPv4Address
+    port: int
+    closing: bool
+    last_seen: int
+
+
 @dataclass(frozen=True, slots=True)
 class Flow:
     """The client's end of a flow the kernel NATs (struct flow), the key of kernel_flows."""
@@ -107,9 +178,11 @@ def ensure_bpffs() -> None:
 
 def source_text() -> str:
     """The programs as one translation unit (bcc rewrites map calls in its main file only)."""
-    header = (SOURCE_DIR / "vpcni.h").read_text()
+    headers = [(SOURCE_DIR / name).read_text() for name in HEADERS]
     hooks = [(SOURCE_DIR / f"{hook}.c").read_text() for hook in HOOKS]
-    return "\n".join([header, *(h.replace('#include "vpcni.h"', "") for h in hooks)])
+    for name in HEADERS:
+        hooks = [h.replace(f'#include "{name}"', "") for h in hooks]
+    return "\n".join([*headers, *hooks])
 
 
 def cflags(host_netns: str | None, max_endpoints: int = MAX_ENDPOINTS) -> list[str]:
@@ -119,6 +192,8 @@ def cflags(host_netns: str | None, max_endpoints: int = MAX_ENDPOINTS) -> list[s
         f"-DVPCNI_MAX_ENDPOINTS={max_endpoints}",
         f"-DVPCNI_MAX_VPC_CIDRS={MAX_VPC_CIDRS}",
         f"-DVPCNI_MAX_FLOWS={MAX_FLOWS}",
+        f"-DVPCNI_MAX_NAT={MAX_NAT}",
+        f"-DVPCNI_MAX_EXCLUDE_CIDRS={MAX_EXCLUDE_CIDRS}",
         "-Wno-unused-function",
     ]
 
@@ -138,6 +213,11 @@ def _ip_key(ip: IPv4Address) -> int:
 
 def _ip_from_key(key: int) -> IPv4Address:
     return IPv4Address(key.to_bytes(4, "little"))
+
+
+def _port_key(port: int) -> int:
+    # __be16 read straight from packets, like addresses.
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
 class Programs:
@@ -163,6 +243,11 @@ class Programs:
         self._counters = self._bpf[b"counters"]
         self._vpc_cidrs = self._bpf[b"vpc_cidrs"]
         self._kernel_flows = self._bpf[b"kernel_flows"]
+        self._nat_out = self._bpf[b"nat_out"]
+        self._nat_in = self._bpf[b"nat_in"]
+        self._snat_config = self._bpf[b"snat_config"]
+        self._snat_exclude = self._bpf[b"snat_exclude"]
+        self._snat_stats = self._bpf[b"snat_stats"]
 
     def prog_fd(self, hook: str) -> int:
         """The loaded program's fd (bench/prog_cost.py runs it with BPF_PROG_TEST_RUN)."""
@@ -171,7 +256,8 @@ class Programs:
     # --- attach (the caller's IPRoute decides the netns) --------------------------------------
 
     def attach(self, ipr: Any, ifindex: int, hook: str) -> None:
-        """Put `hook` on the interface's tc ingress, replacing our previous filter in place."""
+        """Put `hook` on the interface's tc ingress or egress (HOOK_PARENT), replacing our
+        previous filter there in place."""
         fn = self._functions[hook]
         try:
             ipr.tc("add", "clsact", ifindex)
@@ -186,7 +272,7 @@ class Programs:
             prio=TC_PRIO,
             fd=fn.fd,
             name=fn.name.decode() if isinstance(fn.name, bytes) else fn.name,
-            parent=TC_INGRESS,
+            parent=HOOK_PARENT[hook],
             classid=1,
             direct_action=True,
         )
@@ -201,10 +287,10 @@ class Programs:
                 raise
 
     @staticmethod
-    def attached(ipr: Any, ifindex: int) -> str | None:
-        """Name of the BPF program on the interface's ingress at our prio, if any."""
+    def attached(ipr: Any, ifindex: int, parent: str = TC_INGRESS) -> str | None:
+        """Name of the BPF program on the interface's ingress (or `parent`) at our prio."""
         try:
-            filters = ipr.get_filters(index=ifindex, parent=TC_INGRESS)
+            filters = ipr.get_filters(index=ifindex, parent=parent)
         except NetlinkError:
             return None
         for f in filters:
@@ -306,9 +392,72 @@ class Programs:
         """Whether the flow is one the programs hand to the kernel."""
         key = self._kernel_flows.Key()
         key.ip = _ip_key(flow.ip)
-        key.port = int.from_bytes(flow.port.to_bytes(2, "big"), "little")
+        key.port = _port_key(flow.port)
         key.proto = flow.proto
         return key in self._kernel_flows
+
+    # --- SNAT ---------------------------------------------------------------------------------
+
+    def set_snat(self, config: SnatConfig | None) -> None:
+        """Write the SNAT configuration the programs read; None turns SNAT off."""
+        leaf = self._snat_config.Leaf()  # zero: off
+        if config is not None:
+            for f in fields(SnatConfig):
+                value = getattr(config, f.name)
+                setattr(leaf, f.name, _ip_key(value) if f.name == "node_ip" else int(value))
+        self._snat_config[self._snat_config.Key(0)] = leaf
+
+    def snat_config(self) -> SnatConfig | None:
+        """The SNAT configuration in the map, or None when SNAT is off."""
+        leaf = self._snat_config[self._snat_config.Key(0)]
+        if not leaf.node_ip:
+            return None
+        values: dict[str, Any] = {f.name: int(getattr(leaf, f.name)) for f in fields(SnatConfig)}
+        values["node_ip"] = _ip_from_key(leaf.node_ip)
+        values["randomize"] = Randomize(values["randomize"])
+        return SnatConfig(**values)
+
+    def set_snat_exclude(self, cidrs: Sequence[IPv4Network]) -> None:
+        """Fill the excluded-CIDR slots (the caller checks there are at most MAX_EXCLUDE_CIDRS)."""
+        if len(cidrs) > MAX_EXCLUDE_CIDRS:
+            raise ValueError(f"at most {MAX_EXCLUDE_CIDRS} SNAT exclusions, got {len(cidrs)}")
+        for slot in range(MAX_EXCLUDE_CIDRS):
+            leaf = self._snat_exclude.Leaf()
+            if slot < len(cidrs):
+                leaf.network = _ip_key(cidrs[slot].network_address)
+                leaf.mask = _ip_key(cidrs[slot].netmask)
+            self._snat_exclude[self._snat_exclude.Key(slot)] = leaf
+
+    def snat_stats(self) -> dict[str, int]:
+        """SNAT counters by reason, summed over CPUs."""
+        out = {}
+        for stat in SnatStat:
+            per_cpu = self._snat_stats[self._snat_stats.Key(stat.value)]
+            out[stat.name.lower()] = int(sum(per_cpu))
+        return out
+
+    def nat_entries(self, direction: str = "in") -> dict[NatKey, NatEntry]:
+        """Every SNAT entry of nat_in (claims, the reply's view) or nat_out (the pod's view)."""
+        table = self._nat_in if direction == "in" else self._nat_out
+        return {
+            NatKey(
+                remote=_ip_from_key(k.remote),
+                local=_ip_from_key(k.local),
+                remote_port=_port_key(k.remote_port),
+                local_port=_port_key(k.local_port),
+                proto=int(k.proto),
+            ): NatEntry(
+                addr=_ip_from_key(v.addr),
+                port=_port_key(v.port),
+                closing=bool(v.closing),
+                last_seen=int(v.last_seen),
+            )
+            for k, v in table.items()
+        }
+
+    def nat_flow_count(self) -> int:
+        """Claims in nat_in: SNATed flows (live or idle, until reclaimed or evicted)."""
+        return sum(1 for _ in self._nat_in)
 
     @staticmethod
     def _delete(table: Any, key: Any) -> None:

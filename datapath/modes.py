@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from ipaddress import IPv4Network
 from typing import Any, TypeVar
 
-from datapath.bpf import Counters, Endpoint, Eni, Programs
-from datapath.port import DatapathError, EniLink, PodNetwork, WiredPod
+from datapath.bpf import (
+    MAX_NAT,
+    Counters,
+    Endpoint,
+    Eni,
+    Programs,
+    Randomize,
+    SnatConfig,
+)
+from datapath.port import DatapathError, EniLink, PodNetwork, SnatPolicy, WiredPod
 from datapath.wiring import (
     EniDevice,
     Wiring,
@@ -159,7 +168,10 @@ class BpfDatapath(_NodeDatapath):
 
     Traffic inside `vpc_cidrs` is redirected past the host's stack; everything else (Service
     ClusterIPs, the internet) goes through the kernel, with the same routes and rules as
-    kernel mode, so that kube-proxy's DNAT and conntrack see both directions.
+    kernel mode, so that kube-proxy's DNAT and conntrack see both directions. A pod's packet
+    the kernel then sends towards the world is SNATed to the primary ENI's primary IP on its
+    way out of the ENI (to_eni, unless `snat.external`), and replies are translated back on
+    the way in (from_eni).
     """
 
     mode = "bpf"
@@ -173,11 +185,14 @@ class BpfDatapath(_NodeDatapath):
         eni_mtu: int = 9001,
         workers: int = 4,
         eni_wait: float = ENI_WAIT,
+        snat: SnatPolicy | None = None,
     ) -> None:
         super().__init__(host_netns=host_netns, eni_mtu=eni_mtu, workers=workers, eni_wait=eni_wait)
         self.programs = programs
         self.vpc_cidrs = tuple(vpc_cidrs)
+        self.snat = snat or SnatPolicy()
         self._attached: dict[str, str] = {}
+        self._egress: dict[str, str] = {}
         self._eni_links: dict[int, EniLink] = {}  # by ifindex, as endpoints name them
 
     async def start(self, enis: Sequence[EniLink]) -> None:
@@ -190,6 +205,7 @@ class BpfDatapath(_NodeDatapath):
         unplaced = await self._run(self.programs.set_vpc_cidrs, self.vpc_cidrs)
         if unplaced:
             log.warning("VPC CIDRs %s take the kernel path (no slot left)", unplaced)
+        await self._run(self._start_snat)
         await super().start(enis)
         await self._run(self._adopt_endpoints)
 
@@ -210,13 +226,50 @@ class BpfDatapath(_NodeDatapath):
                 if not link_exists(ipr, ifindex):
                     self.programs.delete_counters(ifindex)
 
+    def _start_snat(self) -> None:
+        # Off until the primary ENI is set up (its address and ifindex are the config); the
+        # pinned NAT entries stay, so flows survive a restart.
+        policy = self.snat
+        if policy.external:
+            self.programs.set_snat(None)
+            self.programs.set_snat_exclude([])
+            return
+        for warning in self._wiring.reserve_local_ports(policy.port_min, policy.port_max):
+            log.warning(warning)
+        self.programs.set_snat_exclude(policy.exclude)
+
+    def _enable_snat(self, eni: EniLink, device: EniDevice) -> None:
+        policy = self.snat
+        old = self.programs.snat_config()
+        self.programs.set_snat(
+            SnatConfig(
+                node_ip=eni.primary_ip,
+                node_ifindex=device.ifindex,
+                port_min=policy.port_min,
+                port_max=policy.port_max,
+                randomize={"prng": Randomize.PRNG, "hashrandom": Randomize.HASH}.get(
+                    policy.randomize, Randomize.SEQUENTIAL
+                ),
+                # Kept across restarts: the same flows hash to the same first port.
+                hash_secret=old.hash_secret if old else secrets.randbits(32),
+                tcp_timeout=policy.tcp_timeout,
+                closing_timeout=policy.closing_timeout,
+                udp_timeout=policy.udp_timeout,
+                icmp_timeout=policy.icmp_timeout,
+            )
+        )
+
     def _add_eni(self, eni: EniLink) -> EniDevice:
         device = super()._add_eni(eni)
         self.programs.put_eni(device.ifindex, Eni(gateway=device.gateway, mac=eni.mac))
         self._eni_links[device.ifindex] = eni
+        if eni.primary and not self.snat.external:
+            self._enable_snat(eni, device)
         with netlink(self.host_netns) as ipr:
             self.programs.attach(ipr, device.ifindex, "from_eni")
+            self.programs.attach(ipr, device.ifindex, "to_eni")
         self._attached[device.ifname] = "from_eni"
+        self._egress[device.ifname] = "to_eni"
         return device
 
     def _remove_eni(self, eni: EniLink) -> None:
@@ -228,6 +281,7 @@ class BpfDatapath(_NodeDatapath):
                 if link_exists(ipr, device.ifindex):
                     self.programs.detach(ipr, device.ifindex)
             self._attached.pop(device.ifname, None)
+            self._egress.pop(device.ifname, None)
         super()._remove_eni(eni)
 
     async def wire(self, pod: PodNetwork) -> WiredPod:
@@ -311,12 +365,35 @@ class BpfDatapath(_NodeDatapath):
             "pin_dir": self.programs.pin_dir,
             "vpc_cidrs": [str(c) for c in self.programs.vpc_cidrs()],
             "programs": dict(sorted(self._attached.items())),
+            "egress_programs": dict(sorted(self._egress.items())),
             "enis": self._eni_status(),
             "pods": pods,
+            "snat": self._snat_status(),
             "maps": {
                 "endpoints": len(endpoints),
                 "enis": len(enis),
                 "counters": len(counters),
                 "max_endpoints": self.programs.max_endpoints,
             },
+        }
+
+    def _snat_status(self) -> dict[str, Any]:
+        config = self.programs.snat_config()
+        policy = self.snat
+        return {
+            "enabled": config is not None,
+            "external": policy.external,
+            "node_ip": str(config.node_ip) if config else None,
+            "ports": f"{policy.port_min}-{policy.port_max}",
+            "randomize": policy.randomize,
+            "exclude": [str(c) for c in policy.exclude],
+            "timeouts": {
+                "tcp": policy.tcp_timeout,
+                "tcp_closing": policy.closing_timeout,
+                "udp": policy.udp_timeout,
+                "icmp": policy.icmp_timeout,
+            },
+            "flows": self.programs.nat_flow_count(),
+            "max_flows": MAX_NAT,
+            "counters": self.programs.snat_stats(),
         }

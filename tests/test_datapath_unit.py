@@ -15,7 +15,12 @@ from datapath.factory import make_datapath
 from datapath.port import DatapathError, EniLink, PodNetwork
 from datapath.wiring import Wiring, eni_route_table, host_veth_name, netns_path, subnet_gateway
 
-HEADER = re.sub(r"/\*.*?\*/", "", (bpf.SOURCE_DIR / "vpcni.h").read_text(), flags=re.S)
+HEADER = re.sub(
+    r"/\*.*?\*/",
+    "",
+    "\n".join((bpf.SOURCE_DIR / name).read_text() for name in bpf.HEADERS),
+    flags=re.S,
+)
 ENI = EniLink(
     eni_id="eni-1",
     device_number=2,
@@ -53,10 +58,25 @@ def _struct_fields(name: str) -> list[str]:
         ("counters", bpf.Counters),
         ("vpc_cidr", bpf.VpcCidr),
         ("flow", bpf.Flow),
+        ("nat_key", bpf.NatKey),
+        ("nat_entry", bpf.NatEntry),
+        ("snat_config", bpf.SnatConfig),
     ],
 )
 def test_python_mirrors_the_c_structs(c_name: str, mirror: type) -> None:
     assert _struct_fields(c_name) == [f.name for f in fields(mirror)]
+
+
+@pytest.mark.parametrize(
+    ("c_enum", "prefix", "mirror"),
+    [("snat_stat", "SNAT_", bpf.SnatStat), ("snat_randomize", "SNAT_", bpf.Randomize)],
+)
+def test_python_mirrors_the_c_enums(c_enum: str, prefix: str, mirror: type) -> None:
+    body = re.search(rf"enum {c_enum} \{{(.*?)\}};", HEADER, re.S)
+    assert body is not None
+    names = re.findall(rf"{prefix}(\w+)", body.group(1))
+    names = [n for n in names if n != "STATS"]  # the count, not a reason
+    assert names == [m.name for m in mirror]  # type: ignore[attr-defined]
 
 
 def test_verdicts_mirror_the_header_and_tc() -> None:
