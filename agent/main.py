@@ -163,6 +163,7 @@ async def _datapath(settings: Settings, identity: NodeIdentity) -> Datapath:
         host_netns=settings.host_netns,
         vpc_cidrs=identity.vpc_cidrs,
         mtu=settings.mtu,
+        snat=settings.snat,
     )
 
 
@@ -174,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vpcni-agent: {e}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    for warning in settings.warnings:
+        log.warning(warning)
     try:
         uvloop.run(run(settings))
     except StartupError as e:

@@ -11,11 +11,12 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, ip_network
 from pathlib import Path
 from typing import Any
 
 from agent.ipam.planner import PoolSettings
+from datapath.port import MAX_SNAT_EXCLUDE, RANDOMIZE_SNAT, SnatPolicy
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR")
 
@@ -62,6 +63,9 @@ class Settings:
     additional_eni_tags: Mapping[str, str] = field(default_factory=dict)
     leaked_eni_cleanup: bool = True
     eni_config: Path | None = None
+    snat: SnatPolicy = field(default_factory=SnatPolicy)
+    # Values aws-node would log and replace by their default (see snat_policy); logged at start.
+    warnings: tuple[str, ...] = ()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -140,6 +144,67 @@ def pool_settings(env: Mapping[str, str]) -> PoolSettings:
         custom_networking=e.flag("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", False),
         prefix_fallback=e.flag("VPCNI_PREFIX_FALLBACK", True),
     )
+
+
+# Go's strconv.ParseBool, which aws-node's boolean env vars go through.
+_GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def go_bool(env: Mapping[str, str], name: str, default: bool, warnings: list[str]) -> bool:
+    """An aws-node boolean: strconv.ParseBool's spellings (no trimming); anything else is
+    logged and the default used, as aws-node's getBoolEnvVar does."""
+    value = env.get(name, "")
+    if value == "":
+        return default
+    if value in _GO_TRUE:
+        return True
+    if value in _GO_FALSE:
+        return False
+    warnings.append(f"{name}={value!r} is not a boolean (strconv.ParseBool); using {default}")
+    return default
+
+
+def snat_policy(env: Mapping[str, str], warnings: list[str]) -> SnatPolicy:
+    """AWS_VPC_K8S_CNI_EXTERNALSNAT, _EXCLUDE_SNAT_CIDRS and _RANDOMIZESNAT read as aws-node
+    reads them: a bad boolean or mode is logged and the default used; the exclusions are split
+    on commas and trimmed, a bad or IPv6 entry is logged and skipped, host bits are dropped
+    (Go's net.ParseCIDR), and with EXTERNALSNAT=true there are none. More exclusions than the
+    programs have slots for stop start-up: they could not be honoured."""
+    external = go_bool(env, "AWS_VPC_K8S_CNI_EXTERNALSNAT", False, warnings)
+    randomize = env.get("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "")
+    if randomize == "":
+        randomize = "prng"
+    elif randomize not in RANDOMIZE_SNAT:
+        warnings.append(
+            f"AWS_VPC_K8S_CNI_RANDOMIZESNAT={randomize!r}: expected one of "
+            f"{', '.join(RANDOMIZE_SNAT)}; using prng"
+        )
+        randomize = "prng"
+    exclude: list[IPv4Network] = []
+    raw = env.get("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "")
+    if raw and not external:
+        for item in raw.split(","):
+            try:
+                if "/" not in item:  # net.ParseCIDR wants a prefix length
+                    raise ValueError(item)
+                net = ip_network(item.strip(), strict=False)
+            except ValueError:
+                warnings.append(
+                    f"AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: {item!r} is not a valid CIDR; ignored"
+                )
+                continue
+            if not isinstance(net, IPv4Network):
+                warnings.append(f"AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: {item!r} is IPv6; ignored")
+                continue
+            if net not in exclude:
+                exclude.append(net)
+    if len(exclude) > MAX_SNAT_EXCLUDE:
+        raise SettingsError(
+            f"AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: {len(exclude)} CIDRs, at most "
+            f"{MAX_SNAT_EXCLUDE} (aggregate them)"
+        )
+    return SnatPolicy(external=external, exclude=tuple(exclude), randomize=randomize)
 
 
 def _eni_tags(value: str | None) -> dict[str, str]:
@@ -253,6 +318,8 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     backing = e.raw("AWS_VPC_K8S_CNI_BACKING_STORE")
     eni_config = e.raw("VPCNI_ENI_CONFIG")
     pool = pool_settings(env)
+    warnings: list[str] = []
+    snat = snat_policy(env, warnings)
     if pool.custom_networking and args.cloud == "aws" and eni_config is None:
         raise SettingsError(
             "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true needs VPCNI_ENI_CONFIG (an ENIConfig file)"
@@ -284,6 +351,8 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         additional_eni_tags=_eni_tags(e.raw("ADDITIONAL_ENI_TAGS")),
         leaked_eni_cleanup=not e.flag("DISABLE_LEAKED_ENI_CLEANUP", False),
         eni_config=Path(eni_config) if eni_config else None,
+        snat=snat,
+        warnings=tuple(warnings),
     )
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from datapath.port import MAX_SNAT_EXCLUDE
+
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/vpcni"
 SOURCE_DIR = Path(__file__).with_name("bpf")
@@ -33,8 +35,7 @@ MAX_VPC_CIDRS = 8
 MAX_FLOWS = 65536
 # SNAT flows (per map; LRU). Each takes two entries, one per direction.
 MAX_NAT = 65536
-# AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS slots; more are refused at start.
-MAX_EXCLUDE_CIDRS = 16
+MAX_EXCLUDE_CIDRS = MAX_SNAT_EXCLUDE
 # Our filter's place on clsact ingress/egress; fixed so a new agent replaces instead of adding.
 TC_PRIO = 7
 TC_HANDLE = 0x7C

@@ -28,6 +28,8 @@ class EniLink:
 # AWS_VPC_K8S_CNI_RANDOMIZESNAT values, as aws-node documents them: --random-fully, --random,
 # no flag.
 RANDOMIZE_SNAT = ("prng", "hashrandom", "none")
+# Slots for AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS in the programs' map.
+MAX_SNAT_EXCLUDE = 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -334,7 +334,15 @@ async def test_introspection_shapes(api: Api) -> None:
     assert set(env) == set(introspection.IPAMD_ENV)
     assert env["WARM_PREFIX_TARGET"] == "1" and env["ENABLE_PREFIX_DELEGATION"] == "true"
     status, env = await api.get("/v1/networkutils-env-settings")
-    assert status == 200 and set(env) == set(introspection.NETWORKUTILS_ENV)
+    snat = {
+        "AWS_VPC_K8S_CNI_EXTERNALSNAT",
+        "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+        "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
+    }
+    assert status == 200 and set(env) == set(introspection.NETWORKUTILS_ENV) | snat
+    # No datapath here, so no SNAT on the node, whatever the env says: what is in force.
+    assert env["AWS_VPC_K8S_CNI_EXTERNALSNAT"] is True
+    assert env["AWS_VPC_K8S_CNI_RANDOMIZESNAT"] == "prng"
 
     assert await api.get("/healthz") == (200, {"ok": True})
     assert await api.get("/readyz") == (200, {"ready": True})

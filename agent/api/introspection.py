@@ -45,8 +45,6 @@ NETWORKUTILS_ENV = (
     "AWS_VPC_K8S_CNI_VETHPREFIX",
     "AWS_VPC_ENI_MTU",
     "POD_MTU",
-    "AWS_VPC_K8S_CNI_EXTERNALSNAT",
-    "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
 )
 
 
@@ -168,6 +166,19 @@ def _env(keys: tuple[str, ...]) -> dict[str, str]:
     return {key: os.environ.get(key, "") for key in keys}
 
 
+def networkutils(node: Node) -> dict[str, Any]:
+    """GET /v1/networkutils-env-settings: the env, and the SNAT settings in force (as parsed;
+    only BPF mode SNATs, so other modes report EXTERNALSNAT true: no SNAT on the node)."""
+    snat = node.settings.snat
+    bpf = node.datapath.mode == "bpf"
+    return {
+        **_env(NETWORKUTILS_ENV),
+        "AWS_VPC_K8S_CNI_EXTERNALSNAT": snat.external or not bpf,
+        "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS": ",".join(str(c) for c in snat.exclude) if bpf else "",
+        "AWS_VPC_K8S_CNI_RANDOMIZESNAT": snat.randomize,
+    }
+
+
 def routes() -> list[web.RouteDef]:
     """The introspection GET routes."""
 
@@ -192,7 +203,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/pool", view(pool)),
         web.get("/v1/datapath", view(lambda node: dict(node.datapath.status()))),
         web.get("/v1/ipamd-env-settings", view(lambda node: _env(IPAMD_ENV))),
-        web.get("/v1/networkutils-env-settings", view(lambda node: _env(NETWORKUTILS_ENV))),
+        web.get("/v1/networkutils-env-settings", view(networkutils)),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
     ]
