@@ -24,6 +24,7 @@ from datapath.bpf import (
     Randomize,
     SnatConfig,
 )
+from datapath.forward_rules import detect as detect_forward_rules
 from datapath.port import DatapathError, EniLink, PodNetwork, SnatPolicy, WiredPod
 from datapath.wiring import (
     EniDevice,
@@ -193,6 +194,7 @@ class BpfDatapath(_NodeDatapath):
         self.snat = snat or SnatPolicy()
         self._attached: dict[str, str] = {}
         self._egress: dict[str, str] = {}
+        self.policy_bypass: list[str] = []
         self._eni_links: dict[int, EniLink] = {}  # by ifindex, as endpoints name them
 
     async def start(self, enis: Sequence[EniLink]) -> None:
@@ -206,6 +208,15 @@ class BpfDatapath(_NodeDatapath):
         if unplaced:
             log.warning("VPC CIDRs %s take the kernel path (no slot left)", unplaced)
         await self._run(self._start_snat)
+        self.policy_bypass = await self._run(detect_forward_rules, self.host_netns)
+        if self.policy_bypass:
+            log.warning(
+                "BPF mode bypasses %d netfilter FORWARD rule(s) of this node for pod-to-pod and "
+                "pod-to-VPC traffic (a NetworkPolicy engine?): %s. Run --datapath kernel "
+                "(VPCNI_DATAPATH=kernel) to keep them in force",
+                len(self.policy_bypass),
+                "; ".join(self.policy_bypass),
+            )
         await super().start(enis)
         await self._run(self._adopt_endpoints)
 
@@ -369,6 +380,12 @@ class BpfDatapath(_NodeDatapath):
             "enis": self._eni_status(),
             "pods": pods,
             "snat": self._snat_status(),
+            "policy_bypass": {
+                "rules": self.policy_bypass,
+                "advice": "--datapath kernel keeps netfilter FORWARD rules in force"
+                if self.policy_bypass
+                else None,
+            },
             "maps": {
                 "endpoints": len(endpoints),
                 "enis": len(enis),

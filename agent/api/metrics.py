@@ -10,7 +10,8 @@ bare names, so those few are exposed untyped under exactly that name (`vpc_cni_c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -27,6 +28,26 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from agent.api.keys import NODE
 from agent.ipam.planner import max_enis
 from agent.node import Node
+
+
+def datapath_metrics(status: Mapping[str, Any]) -> Iterator[Metric]:
+    """From GET /v1/datapath: rules BPF mode bypasses, and SNAT counters by reason."""
+    bypass = status.get("policy_bypass") or {}
+    yield GaugeMetricFamily(
+        "vpcni_policy_bypass_rules",
+        "Netfilter FORWARD rules of the node (a NetworkPolicy engine?) that BPF mode's "
+        "redirects skip; use --datapath kernel to keep them in force",
+        value=len(bypass.get("rules") or ()),
+    )
+    snat = status.get("snat")
+    if snat:
+        packets = CounterMetricFamily(
+            "vpcni_snat", "BPF SNAT events by reason (see docs/datapath.md)", labels=["reason"]
+        )
+        for reason, count in sorted(snat["counters"].items()):
+            packets.add_metric([reason], count)
+        yield packets
+        yield GaugeMetricFamily("vpcni_snat_flows", "SNAT port claims held", value=snat["flows"])
 
 
 class NodeCollector:
@@ -77,6 +98,7 @@ class NodeCollector:
         for subnet in node.backoff.subnets:
             backoff.add_metric([subnet], 1)
         yield backoff
+        yield from datapath_metrics(node.datapath.status())
         wait = c.add_wait_ms
         yield HistogramMetricFamily(
             "vpcni_add_wait_ms",
