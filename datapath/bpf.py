@@ -25,7 +25,7 @@ from datapath.port import MAX_SNAT_EXCLUDE
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/vpcni"
 SOURCE_DIR = Path(__file__).with_name("bpf")
-HOOKS = ("from_pod", "from_eni", "to_eni")
+HOOKS = ("from_pod", "to_pod", "from_eni", "to_eni")
 # Headers joined ahead of the hooks, in this order.
 HEADERS = ("vpcni.h", "nat.h")
 MAX_ENDPOINTS = 16384
@@ -42,7 +42,12 @@ TC_HANDLE = 0x7C
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
 # Which clsact side each hook goes on.
-HOOK_PARENT = {"from_pod": TC_INGRESS, "from_eni": TC_INGRESS, "to_eni": TC_EGRESS}
+HOOK_PARENT = {
+    "from_pod": TC_INGRESS,
+    "to_pod": TC_EGRESS,
+    "from_eni": TC_INGRESS,
+    "to_eni": TC_EGRESS,
+}
 
 
 class Verdict(IntEnum):

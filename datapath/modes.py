@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from datapath.bpf import (
     MAX_NAT,
+    TC_EGRESS,
     Counters,
     Endpoint,
     Eni,
@@ -225,6 +226,7 @@ class BpfDatapath(_NodeDatapath):
             for ip, ep in self.programs.endpoints().items():
                 if link_exists(ipr, ep.host_ifindex):
                     self.programs.attach(ipr, ep.host_ifindex, "from_pod")
+                    self.programs.attach(ipr, ep.host_ifindex, "to_pod")
                     eni = self._eni_links.get(ep.eni_ifindex)
                     if eni is not None:
                         add_pod_rules(ipr, ip, eni)
@@ -312,6 +314,7 @@ class BpfDatapath(_NodeDatapath):
             )
             self.programs.put_endpoint(pod.ip, endpoint)
             self.programs.attach(ipr, host_ifindex, "from_pod")
+            self.programs.attach(ipr, host_ifindex, "to_pod")
 
         try:
             wired = self._wiring.wire_pod(pod, strict_rp_filter=False, finish=finish)
@@ -355,6 +358,8 @@ class BpfDatapath(_NodeDatapath):
         with netlink(self.host_netns) as ipr:
             if self.programs.attached(ipr, ep.host_ifindex) != "from_pod":
                 problems.append(f"from_pod is not attached to ifindex {ep.host_ifindex}")
+            if self.programs.attached(ipr, ep.host_ifindex, TC_EGRESS) != "to_pod":
+                problems.append(f"to_pod is not attached to ifindex {ep.host_ifindex}")
         return problems
 
     def status(self) -> Mapping[str, Any]:

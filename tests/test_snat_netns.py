@@ -59,32 +59,35 @@ async def client(reader, writer):
     writer.close()
 
 async def main():
-    server = await asyncio.start_server(client, "0.0.0.0", 7000, backlog=4096)
+    port = int(sys.argv[2])
+    server = await asyncio.start_server(client, "0.0.0.0", port, backlog=4096)
     # Bound to the host's address, else replies leave from the link's.
-    await asyncio.get_running_loop().create_datagram_endpoint(Udp, local_addr=(sys.argv[1], 7000))
+    await asyncio.get_running_loop().create_datagram_endpoint(Udp, local_addr=(sys.argv[1], port))
     print("ready", flush=True)
     await server.serve_forever()
 
 asyncio.run(main())
 """
-# argv: proto host count [local port]; opens `count` flows at once, each sends a line and reads
-# the answer; all stay open until all answered. Prints a JSON list of [local port, answer].
+# argv: proto host port count [local port [local address]]; opens `count` flows at once, each
+# sends a line and reads the answer; all stay open until all answered. Prints a JSON list of
+# [local port, answer].
 CLIENTS = """
 import asyncio, json, socket, sys
-proto, host, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-bind = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+proto, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+bind = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+source = sys.argv[6] if len(sys.argv) > 6 else "0.0.0.0"
 
 async def tcp():
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, 7000, local_addr=("0.0.0.0", bind)), 10)
+        asyncio.open_connection(host, port, local_addr=(source, bind)), 10)
     writer.write(b"hi\\n")
     answer = (await asyncio.wait_for(reader.readline(), 10)).decode().strip()
     return writer, [writer.get_extra_info("sockname")[1], answer]
 
 async def udp():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", bind))
-    s.connect((host, 7000))
+    s.bind((source, bind))
+    s.connect((host, port))
     s.setblocking(False)
     loop = asyncio.get_running_loop()
     await loop.sock_sendall(s, b"hi")
@@ -141,10 +144,20 @@ async def datapath(node: Node) -> AsyncIterator[BpfDatapath]:
 
 
 @contextmanager
-def whoami(netns: str, ip: Any = None) -> Iterator[None]:
-    """The answering server on port 7000 (TCP, and UDP on `ip`, the internet host's by default)."""
+def whoami(netns: str, ip: Any = None, port: int = 7000) -> Iterator[None]:
+    """The answering server on `port` (TCP, and UDP on `ip`, the internet host's by default)."""
     server = subprocess.Popen(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", WHOAMI, str(ip or INTERNET_HOST)],
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            sys.executable,
+            "-c",
+            WHOAMI,
+            str(ip or INTERNET_HOST),
+            str(port),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -157,12 +170,20 @@ def whoami(netns: str, ip: Any = None) -> Iterator[None]:
 
 
 def flows(
-    netns: str, proto: str, host: Any, count: int = 1, bind: int = 0, check: bool = True
+    netns: str,
+    proto: str,
+    host: Any,
+    count: int = 1,
+    bind: int = 0,
+    check: bool = True,
+    port: int = 7000,
+    source: Any = "0.0.0.0",
 ) -> list[tuple[int, IPv4Address, int]]:
     """`count` concurrent flows: (own port, address seen by the far side, port seen)."""
-    cmd = [sys.executable, "-c", CLIENTS, proto, str(host), str(count)]
+    cmd = [sys.executable, "-c", CLIENTS, proto, str(host), str(port), str(count)]
+    cmd += [str(bind), str(source)]
     done = subprocess.run(
-        ["ip", "netns", "exec", netns, *cmd, *([str(bind)] if bind else [])],
+        ["ip", "netns", "exec", netns, *cmd],
         capture_output=True,
         text=True,
         timeout=60,

@@ -58,21 +58,23 @@ int from_pod(struct __sk_buff *skb)
 	kind = l4_flows(skb, ip, &pod, &peer);
 	if (kind == L4_KERNEL)
 		return to_kernel(count);
+	dst = endpoints.lookup(&ip->daddr);
+	if (!dst && !in_vpc(ip->daddr)) {
+		/* Service ClusterIPs (kube-proxy DNAT), the internet (SNAT), peered networks: the
+		 * kernel routes them, and replies of TCP/UDP flows are sent back to it (from_eni).
+		 * Recorded even when the peer's end already is (to_pod saw a VIP answer before). */
+		if (kind == L4_PORTS && !kernel_flows.lookup(&pod))
+			kernel_flows.update(&pod, &one);
+		return to_kernel(count);
+	}
 	/* A flow the kernel NATs stays there both ways, else conntrack sees half of it: the
 	 * pod's own port (a Service client; also its later flows from that port), or the peer's
 	 * (this pod is the backend answering a local Service client, or a client that reached it
 	 * through the node: NodePort, hostPort). */
 	if (kind == L4_PORTS && (kernel_flows.lookup(&pod) || kernel_flows.lookup(&peer)))
 		return to_kernel(count);
-	dst = endpoints.lookup(&ip->daddr);
 	if (dst) {
 		verdict = deliver_to_pod(skb, ip, dst);
-	} else if (!in_vpc(ip->daddr)) {
-		/* Service ClusterIPs (kube-proxy DNAT), the internet, peered networks: the kernel
-		 * routes them, and replies of TCP/UDP flows are sent back to it (from_eni). */
-		if (kind == L4_PORTS)
-			kernel_flows.update(&pod, &one);
-		return to_kernel(count);
 	} else {
 		eni = enis.lookup(&src->eni_ifindex);
 		if (!eni || is_local(skb, ip) || !forward_hop(ip))

@@ -14,6 +14,14 @@ int to_eni(struct __sk_buff *skb)
 		return VPCNI_PASS; /* AWS_VPC_K8S_CNI_EXTERNALSNAT=true */
 	if (parse_ipv4(skb, &ip) != PARSED_IPV4 || !ip)
 		return VPCNI_PASS;
+	if (ip->saddr == cfg->node_ip) {
+		/* The node's address leaving a secondary ENI: a pod of that ENI answering a
+		 * NodePort/hostPort client through conntrack, routed by the pod's policy rule before
+		 * the source became the node's. The VPC drops it there: use the primary. */
+		if (skb->ifindex != cfg->node_ifindex)
+			goto primary;
+		return VPCNI_PASS;
+	}
 	/* The node's own traffic, and pods' traffic inside the VPC, keep their source. */
 	if (!endpoints.lookup(&ip->saddr) || in_vpc(ip->daddr))
 		return VPCNI_PASS;
@@ -27,6 +35,7 @@ int to_eni(struct __sk_buff *skb)
 		return VPCNI_PASS;
 	/* A pod of a secondary ENI: its policy route chose that ENI, but the node's address
 	 * belongs to the primary, and the VPC drops a source an ENI does not own. */
+primary:
 	primary = enis.lookup(&cfg->node_ifindex);
 	if (!primary)
 		return VPCNI_DROP;
