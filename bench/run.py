@@ -11,7 +11,7 @@ import os
 import platform
 import time
 
-from bench import allocator, burst, cni, fleet, traffic
+from bench import allocator, burst, cni, fleet, snat, traffic
 
 
 def main() -> None:
@@ -66,6 +66,15 @@ def main() -> None:
         for r in rows:
             ratio = r["gbit_s"] / base["gbit_s"]
             print(f"| {r['datapath']} | {r['gbit_s']} | {ratio:.2f} | {r['ping_rtt_us']} |")
+    rows = snat.main()
+    if rows:
+        print("\n## Pod to the internet: BPF SNAT vs MASQUERADE --random-fully (median of 3; "
+              "ratio = figure / kernel MASQUERADE, higher is better)\n")  # fmt: skip
+        print("| setup | TCP Gbit/s | ratio | TCP RR/s | ratio | new conn/s | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['setup']} | {r['gbit_s']} | {r['gbit_s_ratio']} | {r['rr_s']} "
+                  f"| {r['rr_s_ratio']} | {r['conn_s']} | {r['conn_s_ratio']} |")  # fmt: skip
 
 
 if __name__ == "__main__":

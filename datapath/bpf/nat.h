@@ -319,11 +319,17 @@ static __always_inline int snat_out(struct __sk_buff *skb, struct iphdr *ip,
 		claim = nat_in.lookup(&in);
 		if (claim && claim->addr == pkt.key.local && claim->port == pkt.key.local_port &&
 		    known->addr == cfg->node_ip) {
-			nat_touch(claim, &pkt, now);
-			mapping = *known;
-			goto translate;
+			/* A new connection from a port whose last one is closing takes a new NAT
+			 * port, as a new conntrack entry would: the server may still hold the old
+			 * one in TIME_WAIT and answer the SYN with an ACK. */
+			if (!(claim->closing && (pkt.tcp_flags & NAT_SYN))) {
+				nat_touch(claim, &pkt, now);
+				mapping = *known;
+				goto translate;
+			}
+		} else {
+			snat_count(claim ? SNAT_EXPIRED : SNAT_EVICTED);
 		}
-		snat_count(claim ? SNAT_EXPIRED : SNAT_EVICTED);
 	}
 	if (nat_claim(cfg, &pkt, now, &mapping))
 		return VPCNI_DROP;
