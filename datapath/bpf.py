@@ -118,6 +118,7 @@ class SnatStat(IntEnum):
     CLOSED = 9
     UNTRACKED = 10
     UNSUPPORTED = 11
+    ICMP_ERROR = 12
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

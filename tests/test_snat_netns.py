@@ -349,3 +349,56 @@ async def test_flows_survive_an_agent_restart(node: Node) -> None:
             client.kill()
             client.wait()
             await dp.close()
+
+
+# Sends argv[2] bytes over one TCP connection to argv[1]:7100 and prints what the server counted.
+UPLOAD = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 7100), timeout=10)
+s.sendall(b"x" * int(sys.argv[2]))
+s.shutdown(socket.SHUT_WR)
+print(s.recv(100).decode())
+"""
+COUNTER = """
+import signal, socket, sys
+signal.alarm(60)
+srv = socket.socket()
+srv.bind((sys.argv[1], 7100))
+srv.listen()
+print("ready", flush=True)
+conn, _ = srv.accept()
+total = 0
+while data := conn.recv(65536):
+    total += len(data)
+conn.sendall(str(total).encode())
+"""
+
+
+async def test_path_mtu_discovery_reaches_the_pod(datapath: BpfDatapath, node: Node) -> None:
+    # The internet path takes 1500 bytes, the pod sends 9001-byte frames with DF: the VPC
+    # router's "fragmentation needed" is addressed to the node and must reach the pod.
+    pod = node.pod("u", "10.0.0.108")
+    await wire(datapath, node, pod)
+    subprocess.run(["ip", "-n", node.box.vpc_netns, "link", "set", "to-inet", "mtu", "1500"],
+                   check=True)  # fmt: skip
+    inet = str(node.box.internet_host_ip)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", node.box.inet_netns, sys.executable, "-c", COUNTER, inet],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        done = subprocess.run(
+            ["ip", "netns", "exec", netns_name(pod), sys.executable, "-c", UPLOAD, inet, "300000"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        server.kill()
+        server.wait()
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.strip() == "300000"
+    assert datapath.status()["snat"]["counters"]["icmp_error"] >= 1

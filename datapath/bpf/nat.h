@@ -70,6 +70,7 @@ enum snat_stat {
 	SNAT_CLOSED,	    /* TCP FIN/RST seen: the claim moves to the short timeout */
 	SNAT_UNTRACKED,	    /* a packet in our port range to the node that matches no claim */
 	SNAT_UNSUPPORTED,   /* not TCP/UDP/ICMP echo, or a fragment: passed untranslated */
+	SNAT_ICMP_ERROR,    /* an ICMP error about a SNATed flow, translated back (PMTU) */
 	SNAT_STATS,
 };
 
@@ -341,6 +342,82 @@ translate:
 	return VPCNI_PASS;
 }
 
+/* An ICMP error to the node about a SNATed flow (fragmentation needed, unreachable, time
+ * exceeded) quotes the translated header: translate the quote and the destination back, so
+ * that the pod learns the path MTU (the ENI's is 9001, the internet's 1500). 1 if translated,
+ * 0 if not ours, -1 to drop. The quoted L4 checksum is left alone: nobody checks it. */
+static __always_inline int snat_icmp_error(struct __sk_buff *skb, struct iphdr *ip,
+					   struct snat_config *cfg)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 icmp_off = ETH_HLEN + ip->ihl * 4;
+	__u32 inner_off = icmp_off + sizeof(struct icmphdr);
+	struct icmphdr *icmp = (void *)ip + ip->ihl * 4;
+	__u32 csum_off = icmp_off + offsetof(struct icmphdr, checksum);
+	struct nat_key key = {};
+	struct nat_entry *claim;
+	struct iphdr *inner;
+	__be16 old_check, new_check, pod_port;
+	__be32 pod_ip;
+	__u32 port_off;
+	__u8 *l4;
+
+	if (ip->protocol != IPPROTO_ICMP || (ip->frag_off & bpf_htons(IP_FRAGMENT)))
+		return 0;
+	if ((void *)(icmp + 1) > data_end)
+		return 0;
+	if (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED &&
+	    icmp->type != ICMP_PARAMETERPROB)
+		return 0;
+	inner = (void *)(icmp + 1);
+	/* The inner header with options would push the quote beyond what parse_ipv4 pulled. */
+	if ((void *)(inner + 1) > data_end || inner->ihl != 5 || inner->saddr != cfg->node_ip)
+		return 0;
+	l4 = (void *)(inner + 1);
+	if (l4 + 8 > (__u8 *)data_end)
+		return 0;
+	key.remote = inner->daddr;
+	key.local = inner->saddr;
+	key.proto = inner->protocol;
+	if (inner->protocol == IPPROTO_TCP || inner->protocol == IPPROTO_UDP) {
+		key.local_port = *(__be16 *)l4;
+		key.remote_port = *(__be16 *)(l4 + 2);
+		port_off = inner_off + sizeof(struct iphdr);
+	} else if (inner->protocol == IPPROTO_ICMP && l4[0] == ICMP_ECHO) {
+		key.local_port = ((struct icmphdr *)l4)->un.echo.id;
+		port_off = inner_off + sizeof(struct iphdr) + offsetof(struct icmphdr, un.echo.id);
+	} else {
+		return 0;
+	}
+	old_check = inner->check;
+	claim = nat_in.lookup(&key);
+	if (!claim)
+		return 0;
+	pod_ip = claim->addr;
+	pod_port = claim->port;
+	/* The quoted header: its checksum, then its source and port; the ICMP checksum covers
+	 * all three. */
+	if (bpf_l3_csum_replace(skb, inner_off + offsetof(struct iphdr, check), key.local, pod_ip,
+				sizeof(pod_ip)) ||
+	    bpf_skb_load_bytes(skb, inner_off + offsetof(struct iphdr, check), &new_check,
+			       sizeof(new_check)) ||
+	    bpf_l4_csum_replace(skb, csum_off, old_check, new_check, sizeof(new_check)) ||
+	    bpf_l4_csum_replace(skb, csum_off, key.local, pod_ip, sizeof(pod_ip)) ||
+	    bpf_l4_csum_replace(skb, csum_off, key.local_port, pod_port, sizeof(pod_port)) ||
+	    bpf_skb_store_bytes(skb, inner_off + offsetof(struct iphdr, saddr), &pod_ip,
+				sizeof(pod_ip), 0) ||
+	    bpf_skb_store_bytes(skb, port_off, &pod_port, sizeof(pod_port), 0))
+		return -1;
+	/* The outer destination: the pod instead of the node. */
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), key.local, pod_ip,
+				sizeof(pod_ip)) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), &pod_ip,
+				sizeof(pod_ip), 0))
+		return -1;
+	snat_count(SNAT_ICMP_ERROR);
+	return 1;
+}
+
 /* A packet for the node: if it answers a SNATed flow, translate its destination back to the
  * pod. 1 if translated, 0 if not ours, -1 to drop. */
 static __always_inline int snat_in(struct __sk_buff *skb, struct iphdr *ip,
@@ -352,7 +429,7 @@ static __always_inline int snat_in(struct __sk_buff *skb, struct iphdr *ip,
 	__be16 pod_port;
 
 	if (!nat_parse(skb, ip, 0, &pkt))
-		return 0;
+		return snat_icmp_error(skb, ip, cfg);
 	claim = nat_in.lookup(&pkt.key);
 	if (!claim) {
 		__u16 port = bpf_ntohs(pkt.key.local_port);
