@@ -23,6 +23,9 @@ int from_eni(struct __sk_buff *skb)
 		translated = snat_in(skb, ip, cfg);
 		if (translated)
 			return translated < 0 ? VPCNI_DROP : VPCNI_PASS;
+		/* Not ours; the ICMP error check may have pulled data, which moves the packet. */
+		if (parse_ipv4(skb, &ip) != PARSED_IPV4 || !ip)
+			return VPCNI_PASS;
 	}
 	dst = endpoints.lookup(&ip->daddr);
 	if (!dst)

@@ -349,21 +349,29 @@ translate:
 static __always_inline int snat_icmp_error(struct __sk_buff *skb, struct iphdr *ip,
 					   struct snat_config *cfg)
 {
-	void *data_end = (void *)(long)skb->data_end;
 	__u32 icmp_off = ETH_HLEN + ip->ihl * 4;
 	__u32 inner_off = icmp_off + sizeof(struct icmphdr);
-	struct icmphdr *icmp = (void *)ip + ip->ihl * 4;
 	__u32 csum_off = icmp_off + offsetof(struct icmphdr, checksum);
 	struct nat_key key = {};
 	struct nat_entry *claim;
+	struct icmphdr *icmp;
 	struct iphdr *inner;
 	__be16 old_check, new_check, pod_port;
+	void *data, *data_end;
 	__be32 pod_ip;
 	__u32 port_off;
 	__u8 *l4;
 
 	if (ip->protocol != IPPROTO_ICMP || (ip->frag_off & bpf_htons(IP_FRAGMENT)))
 		return 0;
+	/* The quote too: its IP header and 8 bytes (rare packets, a pull is fine). */
+	if (headers_linear(skb, inner_off + sizeof(struct iphdr) + 8) < 0)
+		return 0;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (icmp_off > 60 + ETH_HLEN)
+		return 0;
+	icmp = data + icmp_off;
 	if ((void *)(icmp + 1) > data_end)
 		return 0;
 	if (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED &&

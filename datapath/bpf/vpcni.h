@@ -79,38 +79,58 @@ static long (*vpcni_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *param
 
 /* What a parser says about a frame. */
 enum parsed {
-	PARSED_IPV4,  /* the IPv4 header (options included) and 8 bytes of L4 are linear, or the
-		       * packet ends before that */
+	PARSED_IPV4,  /* the IPv4 header (options included) and L4_LEN bytes after it are linear,
+		       * or the packet ends before that */
 	PARSED_OTHER, /* not IPv4: ARP, IPv6 */
 	PARSED_BAD,   /* says IPv4 but cannot be parsed: a runt or a bad header length */
 };
 
-/* Bytes of the frame a program reads: Ethernet, the longest IPv4 header, the L4 ports (or the
- * ICMP type/code/checksum/id). */
-#define HEADERS_LEN (ETH_HLEN + 60 + 8)
+/* Bytes a program reads past the IPv4 header: a TCP header without options (the largest L4
+ * header it parses; UDP and ICMP take 8). */
+#define L4_LEN 20
 
-/* Make the headers readable. A sender may put them outside the linear area (AF_PACKET with
- * PACKET_VNET_HDR, GSO/GRO frames), where a check against data_end fails although the packet
- * is a perfectly routable IPv4 packet: pull them in rather than treating it as "not IPv4". */
+/* Make the first `want` bytes of the frame (or all of a shorter one) readable. Usually they
+ * are: GSO and GRO packets keep their headers linear, so nothing is copied on the fast path. */
+static __always_inline int headers_linear(struct __sk_buff *skb, __u32 want)
+{
+	if (want > skb->len)
+		want = skb->len;
+	if ((void *)(long)skb->data + want <= (void *)(long)skb->data_end)
+		return 0;
+	return bpf_skb_pull_data(skb, want);
+}
+
+/* The IPv4 header of a frame, made readable. A sender may put it outside the linear area
+ * (AF_PACKET with PACKET_VNET_HDR), where a check against data_end fails although the packet is
+ * a perfectly routable IPv4 packet: pull it in rather than treating it as "not IPv4". */
 static __always_inline enum parsed parse_ipv4(struct __sk_buff *skb, struct iphdr **out)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	__u32 want = skb->len < HEADERS_LEN ? skb->len : HEADERS_LEN;
+	void *data, *data_end;
 	struct iphdr *ip;
+	__u32 ihl;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return PARSED_OTHER;
-	if (data + want > data_end) {
-		if (bpf_skb_pull_data(skb, want) < 0)
-			return PARSED_BAD;
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-	}
+	if (headers_linear(skb, ETH_HLEN + sizeof(*ip) + L4_LEN) < 0)
+		return PARSED_BAD;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
 	ip = data + ETH_HLEN;
 	if ((void *)(ip + 1) > data_end || ((struct ethhdr *)data)->h_proto != bpf_htons(ETH_P_IP))
 		return PARSED_BAD;
-	if (ip->ihl < 5 || (void *)ip + ip->ihl * 4 > data_end)
+	ihl = ip->ihl;
+	if (ihl < 5)
+		return PARSED_BAD;
+	if (ihl > 5) { /* options: the L4 header starts later */
+		if (headers_linear(skb, ETH_HLEN + ihl * 4 + L4_LEN) < 0)
+			return PARSED_BAD;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		ip = data + ETH_HLEN;
+		if ((void *)(ip + 1) > data_end)
+			return PARSED_BAD;
+	}
+	if ((void *)ip + ip->ihl * 4 > data_end)
 		return PARSED_BAD;
 	*out = ip;
 	return PARSED_IPV4;
