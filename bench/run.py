@@ -11,7 +11,7 @@ import os
 import platform
 import time
 
-from bench import allocator, burst, cni, fleet, snat, traffic
+from bench import allocator, bpf_memory, burst, cni, fleet, snat, traffic
 
 
 def main() -> None:
@@ -66,6 +66,11 @@ def main() -> None:
         for r in rows:
             ratio = r["gbit_s"] / base["gbit_s"]
             print(f"| {r['datapath']} | {r['gbit_s']} | {ratio:.2f} | {r['ping_rtt_us']} |")
+    print("\n## Agent memory in BPF mode: compile in a child vs in the agent (MiB, once ready)\n")
+    print("| agent | RSS | peak RSS |")
+    print("|---|---|---|")
+    for r in bpf_memory.main():
+        print(f"| {r['agent']} | {r['rss_mib']} | {r['peak_mib']} |")
     rows = snat.main()
     if rows:
         print("\n## Pod to the internet: BPF SNAT vs MASQUERADE --random-fully (median of 3; "

@@ -126,3 +126,26 @@ async def test_factory_modes() -> None:
     await kernel.close()
     with pytest.raises(ValueError, match="unknown datapath mode"):
         await make_datapath("ebpf", host_netns=None, vpc_cidrs=[])
+
+
+@pytest.mark.parametrize(
+    ("c_name", "map_name"),
+    [
+        ("endpoint", "endpoints"),
+        ("eni", "enis"),
+        ("counters", "counters"),
+        ("vpc_cidr", "vpc_cidrs"),
+        ("nat_entry", "nat_in"),
+        ("snat_config", "snat_config"),
+    ],
+)
+def test_ctypes_layouts_mirror_the_c_structs(c_name: str, map_name: str) -> None:
+    value_type = bpf.MAPS[map_name][2]
+    names = [name for name, *_ in value_type._fields_ if name != "pad"]
+    assert names == _struct_fields(c_name)
+
+
+def test_ctypes_keys_mirror_the_c_structs() -> None:
+    for c_name, map_name in (("flow", "kernel_flows"), ("nat_key", "nat_out")):
+        key_type = bpf.MAPS[map_name][1]
+        assert [n for n, *_ in key_type._fields_ if n != "pad"] == _struct_fields(c_name)
