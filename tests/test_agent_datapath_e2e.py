@@ -4,6 +4,7 @@ pods added through the real shim, traffic checked with ping (root; the bpf case 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ from tests.agent_harness import Cni, address
 from tests.privileges import needs_bcc, needs_root
 
 pytestmark = [pytest.mark.root, needs_root]
-NODE = "vpe2e"
+# Per process: other worktrees run this file at the same time.
+NODE = f"vpe2e{os.getpid() % 100000}"
 MODES = [pytest.param("bpf", marks=[needs_bcc, pytest.mark.bcc]), "kernel"]
 
 
