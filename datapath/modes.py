@@ -232,6 +232,7 @@ class BpfDatapath(_NodeDatapath):
                         add_pod_rules(ipr, ip, eni)
                     name = ipr.link("get", index=ep.host_ifindex)[0].get("IFLA_IFNAME")
                     self._attached[str(name)] = "from_pod"
+                    self._egress[str(name)] = "to_pod"
                 else:
                     log.info("dropping endpoint %s: host veth %d is gone", ip, ep.host_ifindex)
                     self.programs.delete_endpoint(ip)
@@ -322,6 +323,7 @@ class BpfDatapath(_NodeDatapath):
             self._forget_endpoint(pod)
             raise
         self._attached[wired.host_veth] = "from_pod"
+        self._egress[wired.host_veth] = "to_pod"
         return wired
 
     def _forget_endpoint(self, pod: PodNetwork) -> None:
@@ -348,7 +350,9 @@ class BpfDatapath(_NodeDatapath):
             self._cleanup(pod, ipr, host_ifindex)
 
         self._wiring.unwire_pod(pod, cleanup=cleanup)
-        self._attached.pop(host_veth_name(pod.veth_prefix, pod.pod_namespace, pod.pod_name), None)
+        host_veth = host_veth_name(pod.veth_prefix, pod.pod_namespace, pod.pod_name)
+        self._attached.pop(host_veth, None)
+        self._egress.pop(host_veth, None)
 
     def _check(self, pod: PodNetwork) -> list[str]:
         problems = super()._check(pod)
@@ -398,6 +402,11 @@ class BpfDatapath(_NodeDatapath):
                 "max_endpoints": self.programs.max_endpoints,
             },
         }
+
+    async def close(self) -> None:
+        """Stop the worker threads and close the programs' fds; pods keep working."""
+        await super().close()
+        self.programs.close()
 
     def _snat_status(self) -> dict[str, Any]:
         config = self.programs.snat_config()
