@@ -439,3 +439,19 @@ async def test_a_checkpoint_that_cannot_be_written_is_try_again_and_nothing_leak
     assert (add_status, add_error["code"]) == (503, 11)
     assert (del_status, del_error["code"]) == (503, 11)
     assert [p["container_id"] for p in pods] == ["kept"]
+
+
+def test_networkutils_shows_the_snat_settings_in_force_in_bpf_mode() -> None:
+    from types import SimpleNamespace
+
+    from agent.settings import load
+
+    settings = load([], {"AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS": "192.168.0.5/16,bad",
+                         "AWS_VPC_K8S_CNI_RANDOMIZESNAT": "hashrandom"})  # fmt: skip
+    node: Any = SimpleNamespace(settings=settings, datapath=SimpleNamespace(mode="bpf"))
+    env = introspection.networkutils(node)
+    assert env["AWS_VPC_K8S_CNI_EXTERNALSNAT"] is False
+    assert env["AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS"] == "192.168.0.0/16"  # as parsed
+    assert env["AWS_VPC_K8S_CNI_RANDOMIZESNAT"] == "hashrandom"
+    node.datapath.mode = "kernel"  # no SNAT there, whatever the env says
+    assert introspection.networkutils(node)["AWS_VPC_K8S_CNI_EXTERNALSNAT"] is True
