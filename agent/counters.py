@@ -22,6 +22,7 @@ class Counters:
     plan_errors: int = 0
     ipamd_errors: dict[str, int] = field(default_factory=dict)
     leases_dropped: int = 0
+    leases_reconciled: int = 0  # released because their pod was gone (a lost DEL)
     add_waited: int = 0  # ADDs that found no free address and waited for the pool manager
     add_wait_ms: Histogram = field(default_factory=lambda: Histogram(ADD_WAIT_BUCKETS_MS))
 

@@ -66,3 +66,17 @@ def open_pod_netns(path: str, forbidden: frozenset[tuple[int, int]]) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def netns_alive(path: str) -> bool:
+    """Is `path` still a network namespace (not missing, not a leftover unmounted file)?"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -64,6 +64,11 @@ class NodeCollector:
         yield counter("vpcni_plans", "Pool actions executed", c.plans)
         yield counter("vpcni_plan_errors", "Pool actions that failed", c.plan_errors)
         yield counter("vpcni_leases_dropped", "Leases dropped: block vanished", c.leases_dropped)
+        yield counter(
+            "vpcni_leases_reconciled",
+            "Leases released because their pod was gone (no host veth, no netns): lost DELs",
+            c.leases_reconciled,
+        )
         yield counter("vpcni_checkpoint_writes", "Checkpoint writes", node.store.writes)
         errors = vpc_cni_counter("awscni_ipamd_error_count", "IPAM errors by kind", labels=["fn"])
         for kind, count in sorted(c.ipamd_errors.items()):
