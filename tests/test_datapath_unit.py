@@ -12,8 +12,8 @@ import pytest
 
 from datapath import bpf
 from datapath.factory import make_datapath
-from datapath.port import DatapathError, EniLink, PodNetwork
 from datapath.netns import netns_alive, node_netns, open_pod_netns
+from datapath.port import DatapathError, EniLink, PodNetwork
 from datapath.wiring import (
     Wiring,
     eni_route_table,
