@@ -161,8 +161,8 @@ class Node:
             await self.store.commit()
         if self.settings.leaked_eni_cleanup and self.settings.cloud == "aws":
             self.pods.spawn(self.resyncer.cleanup_leaked())
+        await self.reconcile.start()
         self.pool.start()
-        self.reconcile.start()
         self.ready = True
         return report
 

@@ -51,8 +51,9 @@ class LeaseReconcile:
         self.period = period
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Run a pass now and then every period until `stop`."""
+    async def start(self) -> None:
+        """Run a pass now (start-up waits for it), then one every period until `stop`."""
+        await self._pass()
         self._task = asyncio.create_task(self._run(), name="lease-reconcile")
 
     async def stop(self) -> None:
@@ -64,11 +65,14 @@ class LeaseReconcile:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await self.run_once()
-            except DatapathError as e:
-                log.warning("lease reconcile failed", extra={"error": str(e)})
             await asyncio.sleep(self.period)
+            await self._pass()
+
+    async def _pass(self) -> None:
+        try:
+            await self.run_once()
+        except DatapathError as e:
+            log.warning("lease reconcile failed", extra={"error": str(e)})
 
     async def run_once(self) -> list[Lease]:
         """One pass; returns the leases released."""
