@@ -37,7 +37,7 @@ NETLINK_CAP_ACK = 10
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR = 20
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-RTM_NEWNEIGH = 28
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 RTM_NEWRULE, RTM_DELRULE = 32, 33
 RTM_NEWQDISC = 36
 RTM_NEWTFILTER = 44
@@ -317,11 +317,12 @@ def route_oif(reply: bytes) -> int | None:
     return None if found is None else int(struct.unpack("=I", found)[0])
 
 
-def neighbour(index: int, ip: IPv4Address, mac: str) -> bytes:
-    """RTM_NEWNEIGH body: a permanent ARP entry."""
-    return _NDMSG.pack(socket.AF_INET, index, NUD_PERMANENT, 0, 0) + attrs(
-        (NDA_DST, ip.packed), (NDA_LLADDR, mac_bytes(mac))
-    )
+def neighbour(index: int, ip: IPv4Address, mac: str | None = None) -> bytes:
+    """RTM_NEWNEIGH body: a permanent ARP entry (RTM_DELNEIGH: without the MAC)."""
+    items: list[tuple[int, bytes]] = [(NDA_DST, ip.packed)]
+    if mac is not None:
+        items.append((NDA_LLADDR, mac_bytes(mac)))
+    return _NDMSG.pack(socket.AF_INET, index, NUD_PERMANENT, 0, 0) + attrs(*items)
 
 
 def rule(

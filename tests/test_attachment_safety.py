@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,14 @@ def netns() -> Iterator[Any]:
     subprocess.run(["ip", "netns", "del", f"{NODE}-vpc"], check=False, capture_output=True)
 
 
+def settled(agent: Any) -> None:
+    """Wait until the agent has no veth deletion under way."""
+    deadline = time.monotonic() + 10
+    while agent.get("/v1/datapath").get("veths_being_deleted"):
+        assert time.monotonic() < deadline, "veth deletions did not finish"
+        time.sleep(0.02)
+
+
 def address(result: dict[str, Any]) -> str:
     return str(result["ips"][0]["address"]).split("/")[0]
 
@@ -139,7 +148,9 @@ def test_a_late_del_of_an_earlier_attempt_leaves_the_live_attempt_alone(
         assert after["host_ifindex"] == before["host_ifindex"]
         assert after["redirected"] > before["redirected"]  # counting on, not reset
     assert [p["container_id"] for p in agent.get("/v1/pods")] == ["attempt1"]
-    # A DEL of an unknown attachment changes nothing either.
+    # A DEL of an unknown attachment changes nothing either (once attempt 0's veth, deleted in
+    # the background, is gone).
+    settled(agent)
     snapshot = node_state()
     assert cni(agent, "del", "never-added", second) == (200, {})
     assert node_state() == snapshot
