@@ -271,7 +271,14 @@ class Pods:
         eni = self.state.enis.get(lease.eni_id)
         if eni is None:
             return [f"ENI {lease.eni_id} of {lease.ip} is no longer attached"]
-        return await self.datapath.check(self.pod_network(req, lease, eni))
+        try:
+            return await self.datapath.check(self.pod_network(req, lease, eni))
+        except DatapathError as e:
+            if e.refused:
+                raise NodeError(4, f"CNI_NETNS refused: {e}", status=400) from e
+            if e.missing_netns:
+                return [str(e)]
+            raise NodeError(999, f"checking failed: {e}", status=500) from e
 
     async def gc(self, network_name: str, valid: Iterable[tuple[str, str]]) -> list[Lease]:
         """Release every lease of `network_name` not in `valid` (container id, ifname)."""

@@ -192,6 +192,14 @@ def test_the_nodes_own_netns_is_refused_and_nothing_changes(
     assert node_state() == snapshot
     assert agent.get("/v1/pods") == []
 
+    # CHECK opens the netns the same way.
+    pod = netns("checked")
+    assert cni(agent, "add", "checked", pod)[0] == 200
+    status, error = cni(agent, "check", "checked", f"/var/run/netns/{NODE}")
+    assert (status, error["code"]) == (400, 4), error
+    assert cni(agent, "check", "checked", pod) == (200, {})
+    assert cni(agent, "del", "checked", pod) == (200, {})
+
     # A pod netns anywhere (here: a symlink outside /var/run/netns, as containerd's state dir
     # mounts are) is fine, and so is its DEL once the netns is gone.
     pod = netns("elsewhere")
