@@ -75,6 +75,11 @@ _TCMSG = struct.Struct("=BxxxiIII")
 _ATTR = struct.Struct("=HH")
 _ERROR = struct.Struct("=i")
 GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL})
+# Requests per datagram: the answers to a chunk (a link answer is ~1.3 KB) must fit in the
+# receive buffer, or the kernel drops them (ENOBUFS).
+CHUNK = 64
+# The kernel answers at once; a socket that stays silent this long is broken, not slow.
+TIMEOUT = 10.0
 
 
 class RtnlError(OSError):
@@ -199,6 +204,7 @@ class Rtnl:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         # Acks then carry only the header of what failed, not the whole request back.
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self.sock.settimeout(TIMEOUT)
         self.sock.bind((0, 0))
         self._seq = 0
 
@@ -209,7 +215,12 @@ class Rtnl:
         return Batch(self)
 
     def exchange(self, requests: list[_Request]) -> list[list[bytes]]:
-        """Send requests (each with NLM_F_ACK) in one datagram; collect replies per request."""
+        """Send requests (each with NLM_F_ACK), CHUNK per datagram; collect replies per request."""
+        for start in range(0, len(requests), CHUNK):
+            self._exchange(requests[start : start + CHUNK])
+        return [r.replies for r in requests]
+
+    def _exchange(self, requests: list[_Request]) -> None:
         first = self._seq + 1
         chunks = []
         for request in requests:
@@ -235,7 +246,6 @@ class Rtnl:
                     pending -= 1
                 elif kind != NLMSG_DONE:
                     request.replies.append(body)
-        return [r.replies for r in requests]
 
 
 # --- message bodies ---------------------------------------------------------------------------

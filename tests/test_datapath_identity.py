@@ -119,3 +119,27 @@ async def test_an_adopted_pod_is_left_alone_by_another_attempts_del(
     assert legacy in ip("-br", "link")
     assert f"{live.ip} dev {legacy}" in ip("-4", "route")
     assert await datapath.check(live) == []
+
+
+async def test_presence_of_many_attachments_in_one_call(
+    datapath: KernelDatapath, pods: list[str]
+) -> None:
+    live = attempt(pods, "c-live", "10.0.0.103")
+    await datapath.wire(live)
+    others = [
+        PodNetwork(
+            container_id=f"gone{i}",
+            netns="",
+            ifname="eth0",
+            network_name="vpcni",
+            pod_namespace="default",
+            pod_name=f"gone-{i}",
+            ip=IPv4Address("10.0.0.104"),
+            eni=ENI0,
+        )
+        for i in range(300)  # more answers than one netlink datagram's worth
+    ]
+    assert await datapath.present([*others, live]) == [False] * 300 + [True]
+    await datapath.unwire(live)
+    await datapath.settle()
+    assert await datapath.present([live]) == [False]

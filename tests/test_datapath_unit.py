@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from datapath import bpf
+from datapath import bpf, rtnl
 from datapath.factory import make_datapath
 from datapath.netns import netns_alive, node_netns, open_pod_netns
 from datapath.port import DatapathError, EniLink, PodNetwork
@@ -160,3 +160,20 @@ async def test_factory_modes() -> None:
     await kernel.close()
     with pytest.raises(ValueError, match="unknown datapath mode"):
         await make_datapath("ebpf", host_netns=None, vpc_cidrs=[])
+
+
+def test_netlink_attributes_are_padded_and_parsed_back() -> None:
+    encoded = rtnl.attrs((rtnl.IFLA_IFNAME, rtnl.text("eni0123")), (rtnl.IFLA_MTU, rtnl.u32(9001)))
+    assert len(encoded) % 4 == 0
+    assert rtnl.parse_attrs(encoded) == {
+        rtnl.IFLA_IFNAME: b"eni0123\0",
+        rtnl.IFLA_MTU: (9001).to_bytes(4, "little"),
+    }
+    body = rtnl.ifinfo(7, up=True) + rtnl.attrs(
+        (rtnl.IFLA_IFNAME, rtnl.text("eni0123")),
+        (rtnl.IFLA_IFALIAS, rtnl.text("vpcni:ab")),
+        (rtnl.IFLA_ADDRESS, rtnl.mac_bytes("02:00:00:00:00:2a")),
+    )
+    assert rtnl.parse_link(body) == rtnl.Link(
+        index=7, name="eni0123", flags=rtnl.IFF_UP, alias="vpcni:ab", mac="02:00:00:00:00:2a"
+    )
