@@ -23,6 +23,7 @@ from agent.cloud.aws import Ec2Adapter
 from agent.cloud.eniconfig import load_eni_config
 from agent.cloud.imds import ImdsClient, ImdsError
 from agent.cloud.port import Ec2Error, NodeIdentity
+from agent.cni import lifecycle as cni_lifecycle
 from agent.ipam import instances
 from agent.node import Node
 from agent.settings import Settings, SettingsError, load
@@ -128,6 +129,8 @@ async def run(settings: Settings) -> None:
             raise StartupError(f"cannot listen: {e}") from e
         for runner in runners:
             stack.push_async_callback(runner.cleanup)
+        # Spooled DELs replayed, then the conflist published: the runtime's cue that we are ready.
+        stack.push_async_callback(await cni_lifecycle.start(node, settings.socket, os.environ))
         log.info(
             "ready",
             extra={

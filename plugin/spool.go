@@ -47,9 +47,9 @@ func spoolDel(dir, network, containerID, ifName string, body []byte, now time.Ti
 	}
 	doc, err := json.Marshal(struct {
 		Version   int             `json:"version"`
-		SpooledAt string          `json:"spooledAt"`
+		SpooledAt float64         `json:"spooledAt"` // Unix seconds, like the agent's lease times
 		Request   json.RawMessage `json:"request"`
-	}{1, now.UTC().Format(time.RFC3339Nano), body})
+	}{1, float64(now.UnixNano()) / 1e9, body})
 	if err != nil {
 		return "", err
 	}

@@ -28,7 +28,7 @@ NETWORK = "vpcni"
 
 
 def pod(container_id: str = "c1", version: str = "1.1.0", **overrides: Any) -> dict[str, Any]:
-    """A valid ADD/DEL/CHECK body, as the shim sends it."""
+    """A valid ADD/DEL/CHECK body, as the plugin sends it."""
     doc: dict[str, Any] = {
         "command": "ADD",
         "cniVersion": version,

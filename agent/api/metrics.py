@@ -64,6 +64,12 @@ class NodeCollector:
         yield counter("vpcni_plans", "Pool actions executed", c.plans)
         yield counter("vpcni_plan_errors", "Pool actions that failed", c.plan_errors)
         yield counter("vpcni_leases_dropped", "Leases dropped: block vanished", c.leases_dropped)
+        yield counter(
+            "vpcni_del_spool_replayed", "DELs spooled by the plugin, replayed", c.del_spool_replayed
+        )
+        yield counter(
+            "vpcni_del_spool_rejected", "Spool files that were not a DEL", c.del_spool_rejected
+        )
         yield counter("vpcni_checkpoint_writes", "Checkpoint writes", node.store.writes)
         errors = vpc_cni_counter("awscni_ipamd_error_count", "IPAM errors by kind", labels=["fn"])
         for kind, count in sorted(c.ipamd_errors.items()):
