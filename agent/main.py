@@ -173,7 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"vpcni-agent: {e}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
+    try:
+        logs.configure(settings.log_level, settings.log_file)
+    except OSError as e:
+        print(f"vpcni-agent: AWS_VPC_K8S_CNI_LOG_FILE={settings.log_file}: {e}", file=sys.stderr)
+        return 2
+    for warning in settings.warnings:
+        log.warning(warning)
     try:
         uvloop.run(run(settings))
     except StartupError as e:

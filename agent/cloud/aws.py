@@ -31,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from agent.cloud.port import (
+    RESERVED_TAG_MARK,
     Ec2Error,
     EniSpec,
     InsufficientCidr,
@@ -62,7 +63,6 @@ INSTANCE_TAG = "node.k8s.amazonaws.com/instance_id"
 CREATED_AT_TAG = "node.k8s.amazonaws.com/createdAt"
 CLUSTER_TAG = "cluster.k8s.amazonaws.com/name"
 DESCRIPTION_PREFIX = "aws-K8S-"
-RESERVED_TAG_MARK = "k8s.amazonaws.com"
 
 THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 INSUFFICIENT_CIDR_CODES = frozenset({"InsufficientCidrBlocks", "InsufficientFreeAddressesInSubnet"})

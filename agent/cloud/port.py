@@ -14,6 +14,9 @@ from typing import Protocol
 from agent.histogram import Histogram
 from agent.ipam.state import EniView
 
+# Tag keys containing this belong to the VPC CNI's (and vpcni's) own bookkeeping.
+RESERVED_TAG_MARK = "k8s.amazonaws.com"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeIdentity:
