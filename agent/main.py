@@ -128,6 +128,7 @@ async def run(settings: Settings) -> None:
             raise StartupError(f"cannot listen: {e}") from e
         for runner in runners:
             stack.push_async_callback(runner.cleanup)
+        node.counters.startup_seconds = process_age()
         log.info(
             "ready",
             extra={
@@ -143,6 +144,19 @@ async def run(settings: Settings) -> None:
         await stop.wait()
         log.info("stopping: no more ADDs, finishing in-flight requests")
         node.accepting = False
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (aws-node's start-up duration counts from there)."""
+    try:
+        with open("/proc/self/stat") as f:
+            # The command name (field 2) may hold spaces; start time is field 22 overall.
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(uptime - started_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
 
 
 async def _identity(endpoint: str | None) -> NodeIdentity:

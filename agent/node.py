@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 from agent.cloud.port import Ec2Port, NodeIdentity
 from agent.counters import Counters
-from agent.executor import Ec2Executor, PlanRecord, eni_link
+from agent.executor import GROWING, Ec2Executor, PlanRecord, eni_link
 from agent.ipam import checkpoint
 from agent.ipam.backoff import PrefixBackoff
 from agent.ipam.instances import InstanceType
@@ -27,7 +27,7 @@ from agent.ipam.maxpods import max_pods
 from agent.ipam.planner import Decision, Limits, prefix_mode
 from agent.ipam.state import AddressInUse, Lease, NodeState, ReconcileReport
 from agent.pods import Attachment, NodeError, PodRequest, Pods
-from agent.pool import GROWING, PoolManager
+from agent.pool import PoolManager
 from agent.resync import Resync
 from agent.settings import Settings
 from agent.store import CheckpointStore, StoreError
@@ -141,6 +141,10 @@ class Node:
 
     async def start(self) -> ReconcileReport:
         """EC2 describe → restore checkpoint → reconcile → datapath → pool manager."""
+        with self.counters.doing("nodeInit"):
+            return await self._start()
+
+    async def _start(self) -> ReconcileReport:
         report = await self.resyncer.initial()
         restored, dropped = self._restore()
         log.info(

@@ -370,3 +370,16 @@ def test_bad_choice_flags_exit_like_argparse(capsys: pytest.CaptureFixture[str])
         load(["--datapath", "ebpf"], {})
     assert info.value.code == 2
     assert "ebpf" in capsys.readouterr().err
+
+
+def test_process_age_agrees_with_ps() -> None:
+    import os
+    import subprocess
+
+    from agent.main import process_age
+
+    age = process_age()
+    etimes = subprocess.run(
+        ["ps", "-o", "etimes=", "-p", str(os.getpid())], capture_output=True, text=True, check=True
+    ).stdout
+    assert age is not None and abs(age - int(etimes)) <= 2

@@ -118,3 +118,11 @@ class Ec2Port(Protocol):
     def latency_histograms(self) -> Mapping[str, Histogram]:
         """Per action: the latency (seconds) of every request sent."""
         ...
+
+    def api_outcomes(self) -> Mapping[tuple[str, bool, str], tuple[int, float]]:
+        """(action, failed, "200" or the error code) → (requests, total ms)."""
+        ...
+
+    def api_errors(self) -> Mapping[tuple[str, str], int]:
+        """(action, error code) → failed requests."""
+        ...
