@@ -43,7 +43,7 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         imds_endpoint: str | None = None
-        endpoint_url: str | None = None
+        endpoint_url = settings.ec2_endpoint
         session: boto3.session.Session | None = None
         sandbox = None
         cloud = None

@@ -78,6 +78,7 @@ class Settings:
     leaked_eni_cleanup: bool = True
     eni_config: Path | None = None
     log_file: str = "stderr"  # AWS_VPC_K8S_CNI_LOG_FILE: a path, stdout or stderr
+    ec2_endpoint: str | None = None  # AWS_EC2_ENDPOINT: EC2 somewhere other than the region's
     # What start-up must say about the configuration (values aws-node tolerates that vpcni
     # reads differently, variables it ignores): logged once logging is set up.
     warnings: tuple[str, ...] = ()
@@ -377,6 +378,7 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         additional_eni_tags=_eni_tags(e),
         leaked_eni_cleanup=not e.flag("DISABLE_LEAKED_ENI_CLEANUP", False),
         eni_config=Path(eni_config) if eni_config else None,
+        ec2_endpoint=_endpoint(e.raw("AWS_EC2_ENDPOINT")),
         warnings=(*e.warnings, *_ignored(env)),
     )
 
@@ -409,6 +411,14 @@ def _ignored(env: Mapping[str, str]) -> list[str]:
         for name, why in IGNORED.items()
         if (env.get(name) or "").strip()
     ]
+
+
+def _endpoint(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.startswith(("https://", "http://")):
+        raise SettingsError(f"AWS_EC2_ENDPOINT={value!r}: expected a URL like https://ec2.example")
+    return value
 
 
 def _cidr(name: str, value: str) -> str:
