@@ -107,6 +107,8 @@ async def run(settings: Settings) -> None:
             new_eni_subnet=subnet,
             new_eni_security_groups=groups,
         )
+        if settings.watches_kubernetes:
+            await _watch_eni_config(settings, node, stack)
         try:
             await node.start()
         except Ec2Error as e:
@@ -144,6 +146,37 @@ async def run(settings: Settings) -> None:
         await stop.wait()
         log.info("stopping: no more ADDs, finishing in-flight requests")
         node.accepting = False
+
+
+async def _watch_eni_config(
+    settings: Settings, node: Node, stack: contextlib.AsyncExitStack
+) -> None:
+    """Follow the node's ENIConfig in the Kubernetes API; ENIs wait for it, pods never do."""
+    from agent import kube
+
+    assert settings.node_name is not None
+    try:
+        client = kube.client_from_env()
+    except Exception as e:  # no service account and no KUBECONFIG
+        raise StartupError(f"custom networking needs the Kubernetes API: {e}") from e
+    stack.push_async_callback(client.close)
+    node.use_eni_config(None, ())
+    watch = kube.EniConfigWatch(
+        client=client,
+        node_name=settings.node_name,
+        on_change=lambda choice: node.use_eni_config(choice.subnet, choice.security_groups),
+        annotation_key=settings.eni_config_annotation,
+        label_key=settings.eni_config_label,
+    )
+    node.eni_config_watch = watch
+    task = asyncio.create_task(watch.run(), name="eniconfig-watch")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
 
 
 def process_age() -> float | None:

@@ -79,9 +79,17 @@ class Settings:
     eni_config: Path | None = None
     log_file: str = "stderr"  # AWS_VPC_K8S_CNI_LOG_FILE: a path, stdout or stderr
     ec2_endpoint: str | None = None  # AWS_EC2_ENDPOINT: EC2 somewhere other than the region's
+    node_name: str | None = None  # MY_NODE_NAME (downward API): the Node object to watch
+    eni_config_annotation: str = "k8s.amazonaws.com/eniConfig"  # ENI_CONFIG_ANNOTATION_DEF
+    eni_config_label: str = "k8s.amazonaws.com/eniConfig"  # ENI_CONFIG_LABEL_DEF
     # What start-up must say about the configuration (values aws-node tolerates that vpcni
     # reads differently, variables it ignores): logged once logging is set up.
     warnings: tuple[str, ...] = ()
+
+    @property
+    def watches_kubernetes(self) -> bool:
+        """Does custom networking take the node's ENIConfig from the Kubernetes API?"""
+        return self.pool.custom_networking and self.eni_config is None and bool(self.node_name)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -346,9 +354,11 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     backing = e.raw("AWS_VPC_K8S_CNI_BACKING_STORE")
     eni_config = e.raw("VPCNI_ENI_CONFIG")
     pool = _pool_settings(e)
-    if pool.custom_networking and args.cloud == "aws" and eni_config is None:
+    node_name = e.raw("MY_NODE_NAME")
+    if pool.custom_networking and args.cloud == "aws" and eni_config is None and not node_name:
         raise SettingsError(
-            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true needs VPCNI_ENI_CONFIG (an ENIConfig file)"
+            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true needs MY_NODE_NAME (the downward API's "
+            "spec.nodeName) to find the node's ENIConfig, or VPCNI_ENI_CONFIG (an ENIConfig file)"
         )
     return Settings(
         pool=pool,
@@ -379,6 +389,9 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         leaked_eni_cleanup=not e.flag("DISABLE_LEAKED_ENI_CLEANUP", False),
         eni_config=Path(eni_config) if eni_config else None,
         ec2_endpoint=_endpoint(e.raw("AWS_EC2_ENDPOINT")),
+        node_name=node_name,
+        eni_config_annotation=e.text("ENI_CONFIG_ANNOTATION_DEF", "k8s.amazonaws.com/eniConfig"),
+        eni_config_label=e.text("ENI_CONFIG_LABEL_DEF", "k8s.amazonaws.com/eniConfig"),
         warnings=(*e.warnings, *_ignored(env)),
     )
 

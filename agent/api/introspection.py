@@ -162,6 +162,25 @@ def networkutils_env(node: Node) -> dict[str, Any]:
     }
 
 
+def eni_configs(node: Node) -> dict[str, Any]:
+    """GET /v1/eni-configs: the ENIConfig in force for new ENIs, where it came from and the
+    Kubernetes watch behind it (aws-node answers with the spec alone)."""
+    out: dict[str, Any] = {
+        "custom_networking": node.settings.pool.custom_networking,
+        "subnet": node.limits.new_eni_subnet,
+        "securityGroups": list(node.executor.security_groups),
+    }
+    watch = node.eni_config_watch
+    if watch is not None:
+        choice = watch.choice
+        out["name"] = choice.name if choice else None
+        out["source"] = choice.source if choice else "waiting for the first list"
+        out["kubernetes"] = watch.status.view()
+    elif node.settings.eni_config is not None:
+        out["source"] = f"file {node.settings.eni_config} (VPCNI_ENI_CONFIG)"
+    return out
+
+
 def pods(node: Node) -> list[dict[str, Any]]:
     """GET /v1/pods."""
     return [
@@ -254,9 +273,11 @@ def routes() -> list[web.RouteDef]:
 
     async def readyz(request: web.Request) -> web.Response:
         node = request.app[NODE]
-        if node.ready and node.accepting:
-            return json_response({"ready": True})
-        return json_response({"ready": False}, status=503)
+        body: dict[str, Any] = {"ready": node.ready and node.accepting}
+        # The API server's state is a detail, not a condition: ADD and DEL never need it.
+        if node.eni_config_watch is not None:
+            body["kubernetes"] = node.eni_config_watch.status.view()
+        return json_response(body, status=200 if body["ready"] else 503)
 
     async def eni_view(request: web.Request) -> web.Response:
         node = request.app[NODE]
@@ -270,6 +291,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/pods", view(pods)),
         web.get("/v1/pool", view(pool)),
         web.get("/v1/datapath", view(lambda node: dict(node.datapath.status()))),
+        web.get("/v1/eni-configs", view(eni_configs)),
         web.get("/v1/ipamd-env-settings", view(ipamd_env)),
         web.get("/v1/networkutils-env-settings", view(networkutils_env)),
         web.get("/healthz", healthz),

@@ -137,7 +137,24 @@ class NodeCollector:
             "The number of IPs force removed while they had assigned pods",
             value=c.force_removed_ips,
         )
-        yield from _startup(c.startup_seconds)
+        watch = node.eni_config_watch
+        yield from _startup(c.startup_seconds, with_api_server=watch is not None)
+        if watch is not None:
+            yield gauge(
+                "vpcni_kubernetes_api_connected",
+                "1 while the ENIConfig watch on the Kubernetes API is connected",
+                float(watch.status.connected),
+            )
+            yield counter(
+                "vpcni_kubernetes_api_errors",
+                "Failed lists and watches of the Kubernetes API",
+                watch.status.errors,
+            )
+            yield counter(
+                "vpcni_kubernetes_relists",
+                "Lists after the first (410 Gone, reconnects)",
+                watch.status.relists,
+            )
         build = GaugeMetricFamily(
             "awscni_build_info",
             "A metric with a constant '1' value labeled by version and the runtime it runs on",
@@ -191,7 +208,7 @@ def _per_cidr_and_eni(node: Node) -> Iterator[Metric]:
     yield per_eni
 
 
-def _startup(seconds: float | None) -> Iterator[Metric]:
+def _startup(seconds: float | None, *, with_api_server: bool) -> Iterator[Metric]:
     startup = HistogramMetricFamily(
         "awscni_ipamd_startup_duration_seconds",
         "The duration of IPAMD startup from process start to ready to serve CNI requests",
@@ -199,7 +216,8 @@ def _startup(seconds: float | None) -> Iterator[Metric]:
     )
     if seconds is not None:
         buckets = [(_number(b), float(seconds <= b)) for b in STARTUP_BUCKETS]
-        startup.add_metric(["true", "false", ""], [*buckets, ("+Inf", 1.0)], seconds)
+        labels = ["true", "true" if with_api_server else "false", ""]
+        startup.add_metric(labels, [*buckets, ("+Inf", 1.0)], seconds)
     yield startup
 
 
