@@ -129,7 +129,7 @@ def test_a_pod_on_a_secondary_eni_leaves_through_that_eni(
         assert rc == 0, result
         results.append(result)
     by_ip = {pod["ip"]: pod for pod in agent.get("/v1/pods")}
-    enis = {eni["id"]: eni for eni in agent.get("/v1/enis")["enis"]}
+    enis = {eni["id"]: eni for eni in agent.get("/v1/enis?format=vpcni")["enis"]}
     on_secondary = [
         (netns, address(result))
         for netns, result in zip(names, results, strict=True)

@@ -69,7 +69,7 @@ def test_add_check_del_gc_status_version_through_the_plugin(plugin: Path, start_
         "vpcni_ec2_api_latency_seconds",
     ):
         assert name in metrics, name
-    assert "awscni_assigned_ip_addresses 1.0" in metrics
+    assert "awscni_assigned_ip_addresses 1\n" in metrics
 
 
 def test_100_concurrent_adds_get_100_distinct_addresses(plugin: Path, start_agent: Any) -> None:
@@ -97,7 +97,7 @@ def test_add_while_the_pool_is_empty_waits_and_succeeds(plugin: Path, start_agen
 
     assert rc == 0, result
     assert IPv4Interface(result["ips"][0]["address"]).ip in SUBNET
-    assert "vpcni_add_waited_total 1.0" in agent.metrics()
+    assert "vpcni_add_waited_total 1\n" in agent.metrics()
     assert agent.get("/v1/pool")["plans"][-1]["outcome"] == "ok"
 
 
@@ -107,7 +107,7 @@ def test_restart_restores_every_assignment(plugin: Path, start_agent: Any, sock_
     with ThreadPoolExecutor(max_workers=20) as pool:
         assert all(rc == 0 for rc, _ in pool.map(lambda i: cni("ADD", f"p{i}"), range(20)))
     before = agent.get("/v1/pods")
-    enis_before = agent.get("/v1/enis")
+    enis_before = agent.get("/v1/enis?format=vpcni")
 
     assert agent.stop() == 0  # SIGTERM: clean exit
     saved = checkpoint.decode((sock_dir / "ipam.json").read_bytes())
@@ -115,7 +115,7 @@ def test_restart_restores_every_assignment(plugin: Path, start_agent: Any, sock_
 
     again = start_agent()
     assert again.get("/v1/pods") == before
-    assert again.get("/v1/enis")["assigned_ips"] == enis_before["assigned_ips"] == 20
+    assert again.get("/v1/enis?format=vpcni")["assigned_ips"] == enis_before["assigned_ips"] == 20
     # The restored leases behave as leases: ADD returns the same one, DEL releases it.
     rc, result = cni("ADD", "p0")
     assert rc == 0 and address(result) == next(p["ip"] for p in before if p["container_id"] == "p0")
@@ -133,13 +133,13 @@ def test_restart_keeps_pods_on_secondary_enis_where_they_were(
     for i in range(12):
         assert cni("ADD", f"s{i}")[0] == 0
     before = agent.get("/v1/pods")
-    enis = agent.get("/v1/enis")["enis"]
+    enis = agent.get("/v1/enis?format=vpcni")["enis"]
     assert len({pod["eni_id"] for pod in before}) == 2
 
     assert agent.stop() == 0
     again = start_agent(**env)
     assert again.get("/v1/pods") == before
-    assert [(e["id"], e["mac"]) for e in again.get("/v1/enis")["enis"]][:2] == [
+    assert [(e["id"], e["mac"]) for e in again.get("/v1/enis?format=vpcni")["enis"]][:2] == [
         (e["id"], e["mac"]) for e in enis
     ][:2]
 
@@ -151,7 +151,7 @@ def test_sigterm_finishes_an_add_in_flight(plugin: Path, start_agent: Any, sock_
     with ThreadPoolExecutor(max_workers=1) as pool:
         adding = pool.submit(cni, "ADD", "inflight")
         deadline = time.monotonic() + 10
-        while "\nawscni_add_ip_req_count 1.0\n" not in agent.metrics():
+        while "\nawscni_add_ip_req_count 1\n" not in agent.metrics():
             assert time.monotonic() < deadline, "the ADD never reached the agent"
             time.sleep(0.01)
 
