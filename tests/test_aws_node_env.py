@@ -121,6 +121,7 @@ LANDING = {
 OTHER_TESTS: dict[str, str] = {
     "HOST_CNI_BIN_PATH": "test_plugin_install.py",
     "HOST_CNI_CONFDIR_PATH": "test_plugin_install.py",
+    "AWS_VPC_K8S_PLUGIN_LOG_FILE": "test_plugin_install.py",
 }
 
 
