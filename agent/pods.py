@@ -212,11 +212,14 @@ class Pods:
             finally:
                 self.pool.waiting -= 1
 
-    async def delete(self, req: PodRequest) -> Lease | None:
+    async def delete(self, req: PodRequest, *, reason: str = "PodDeleted") -> Lease | None:
         """Unwire and release into cooldown; fine for an unknown container, whose DEL changes
         nothing. The datapath touches only this attachment's own veth and answers once the
-        address is unreachable (the veth itself goes in the background)."""
+        address is unreachable (the veth itself goes in the background). `reason` labels the
+        request in metrics (aws-node's `PodDeleted` for a CNI DEL)."""
         self.counters.delete += 1
+        reasons = self.counters.delete_reasons
+        reasons[reason] = reasons.get(reason, 0) + 1
         return await self._release(req, unless_adding=False)
 
     async def _release(self, req: PodRequest, *, unless_adding: bool) -> Lease | None:
@@ -299,7 +302,7 @@ class Pods:
                 pod_namespace=lease.pod_namespace,
                 pod_name=lease.pod_name,
             )
-            if await self.delete(req) is not None:
+            if await self.delete(req, reason="GC") is not None:
                 released.append(lease)
         self.counters.gc_released += len(released)
         return released
