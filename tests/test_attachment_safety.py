@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from datapath.sandbox import Sandbox
 from tests.privileges import needs_bcc, needs_root
 
 pytestmark = [pytest.mark.root, needs_root]
@@ -102,11 +103,7 @@ def netns() -> Iterator[Any]:
     yield make
     for name in made:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-    subprocess.run(
-        ["python3", "-m", "agent.ctl", "sandbox", "down", NODE], check=False, capture_output=True
-    )
-    subprocess.run(["ip", "netns", "del", NODE], check=False, capture_output=True)
-    subprocess.run(["ip", "netns", "del", f"{NODE}-vpc"], check=False, capture_output=True)
+    Sandbox(NODE).down()  # both netns and the BPF pins
 
 
 def settled(agent: Any) -> None:
