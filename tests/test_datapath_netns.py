@@ -192,7 +192,8 @@ def residue(netns: str) -> dict[str, list[str]]:
         return sorted(out.stdout.splitlines())
 
     return {
-        "links": ip("-br", "link"),
+        # Name and MAC only: a link's operstate settles up to a second after wiring (linkwatch).
+        "links": sorted(" ".join(line.split()[::2][:2]) for line in ip("-br", "link")),
         "routes": ip("-4", "route", "show", "table", "all"),
         "rules": ip("-4", "rule"),
         "neighbours": [n for n in ip("-4", "neigh") if "PERMANENT" in n],
