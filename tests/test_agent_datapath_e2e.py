@@ -18,7 +18,8 @@ from tests.agent_harness import Cni, address
 from tests.privileges import needs_bcc, needs_root
 
 pytestmark = [pytest.mark.root, needs_root]
-NODE = f"vpe2e{os.getpid() % 100000}"  # other worktrees run this suite at the same time
+# Unique per process: the same tests may run at once in other worktrees on this machine.
+NODE = f"vpe{os.getpid()}"
 MODES = [pytest.param("bpf", marks=[needs_bcc, pytest.mark.bcc]), "kernel"]
 
 
