@@ -25,7 +25,7 @@ pytest:
 
 # Regenerates agent/ipam/instance_types.csv from the shared DescribeInstanceTypes snapshot.
 data: setup
-	$(PY) scripts/gen_instance_table.py ../shared/data/describe_instance_types.json.gz agent/ipam/instance_types.csv
+	$(PY) scripts/gen_instance_table.py ../shared/data/describe_instance_types.json.gz ../shared/data/vpc_ip_resource_limits.csv agent/ipam/instance_types.csv
 
 bench: setup
 	$(PY) -m bench.run

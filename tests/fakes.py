@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from agent.cloud.emulator.model import ApiError, Ec2Model
+from agent.cloud.emulator.model import ApiError, Ec2Model, Subnet
 from agent.cloud.emulator.model import Eni as ModelEni
 from agent.cloud.port import (
     Ec2Error,
@@ -32,8 +32,10 @@ from agent.cloud.port import (
 )
 from agent.histogram import Histogram
 from agent.ipam import instances
+from agent.ipam.instances import InstanceType
 from agent.ipam.planner import PoolSettings
 from agent.ipam.state import EniView
+from agent.ipam.subnets import Reservation, SubnetUsage, SubnetView
 from agent.node import Node
 from agent.settings import Settings
 from datapath.port import DatapathError, NoDatapath, PodNetwork, WiredPod
@@ -104,6 +106,7 @@ def world(
         instance_type=instance_type, subnet_id=subnet.id, now=time.time() - 3600
     )
     eni = model.primary_eni(instance)
+    assert eni.primary_ip is not None
     identity = NodeIdentity(
         instance_id=instance.id,
         instance_type=instance_type,
@@ -164,7 +167,7 @@ class ModelEc2:
             raise to_port_error(e, action=action, subnet_id=subnet_id) from e
 
     def view(self, eni: ModelEni) -> EniView:
-        assert eni.attachment is not None
+        assert eni.attachment is not None and eni.primary_ip is not None
         return EniView(
             id=eni.id,
             device_number=eni.attachment.device_index,
@@ -259,6 +262,35 @@ class ModelEc2:
         await self._enter("cleanup_leaked_enis", mutating=False)
         return 0
 
+    async def describe_instance_type(self, name: str) -> InstanceType:
+        await self._enter("describe_instance_type", mutating=False)
+        spec = self._run("describe_instance_type", lambda: self.model.instance_type(name))
+        limits: InstanceType = spec.limits
+        return limits
+
+    async def discover_subnets(
+        self, node_subnet_id: str, availability_zone: str
+    ) -> Sequence[SubnetView]:
+        await self._enter("discover_subnets", mutating=False)
+        return [
+            subnet_view(s)
+            for s in self.model.subnets.values()
+            if s.availability_zone == availability_zone
+        ]
+
+    async def subnet_usage(self, subnet_id: str) -> SubnetUsage:
+        await self._enter("subnet_usage", mutating=False)
+        subnet = self._run("subnet_usage", lambda: self.model.subnet(subnet_id))
+        enis = self.model.find_enis({"subnet-id": [subnet_id]})
+        return SubnetUsage(
+            subnet=subnet_view(subnet),
+            reservations=tuple(
+                Reservation(cidr=r.cidr, type=r.type) for r in subnet.reservations.values()
+            ),
+            used_ips=frozenset(ip for e in enis for ip in e.addresses()),
+            used_prefixes=tuple(p for e in enis for p in e.prefixes),
+        )
+
     def call_stats(self) -> Mapping[str, Mapping[str, float]]:
         return {
             action: {"calls": float(n), "errors": float(self.errors[action]), "total_ms": 0.0}
@@ -341,3 +373,14 @@ async def until(predicate: Any, *, timeout: float = 5.0, what: str = "condition"
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def subnet_view(subnet: Subnet) -> SubnetView:
+    """A model subnet as DescribeSubnets would show it."""
+    return SubnetView(
+        id=subnet.id,
+        cidr=subnet.cidr,
+        availability_zone=subnet.availability_zone,
+        free_addresses=subnet.available,
+        tags=dict(subnet.tags),
+    )

@@ -10,6 +10,7 @@ its fixpoint every 5 s of simulated time. `tests/ipamd_model.py` is the ipamd re
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from agent.ipam.backoff import PrefixBackoff
 from agent.ipam.planner import (
     AssignPrefixes,
+    DeleteEni,
     Limits,
     PoolSettings,
     counted_blocks,
@@ -397,3 +399,52 @@ def test_same_churn_never_more_enis_than_ipamd_at_rest(
     node.rest()
     ipamd.rest()
     assert node.enis() <= ipamd.enis(), f"vpcni {node.enis()} ENIs, ipamd {ipamd.enis()}"
+
+
+# -- ENIs vpcni must never manage -------------------------------------------------------------
+
+UNMANAGED = ["tagged node.k8s.amazonaws.com/no_manage=true", "trunk", "EFA", "network card 1"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pool=st.sampled_from(POOLS),
+    counts=SCALES,
+    seed=st.integers(min_value=0, max_value=2**16),
+    reason=st.sampled_from(UNMANAGED),
+)
+def test_unmanaged_and_foreign_enis_survive_every_round(
+    pool: PoolSettings, counts: list[int], seed: int, reason: str
+) -> None:
+    """An unmanaged ENI (with addresses of its own) and a plain ENI vpcni did not create stay
+    attached through any churn; nothing of the unmanaged one is used or given back."""
+    node = SimNode("m5.large", pool)
+    card = 1 if reason.startswith("network card") else 0
+    view = node.ec2.new_eni(primary=False, now=-HOUR, ips=3, prefixes=1)
+    unmanaged = dataclasses.replace(
+        view, unmanaged=reason, network_card=card, device_number=0 if card else view.device_number
+    )
+    node.state.add_eni(unmanaged)
+    foreign = dataclasses.replace(node.ec2.new_eni(primary=False, now=-HOUR), owned=False)
+    node.state.add_eni(foreign)
+    assert not node.state.enis[unmanaged.id].blocks  # its addresses are not ours
+    rng = random.Random(seed)
+    for count in counts:
+        node.scale_to(count, rng)
+    node.rest()
+    assert {unmanaged.id, foreign.id} <= node.state.enis.keys()
+    assert not node.state.enis[unmanaged.id].blocks
+    assert all(lease.eni_id != unmanaged.id for lease in node.state.leases())
+    for action in node.ec2.calls:
+        assert getattr(action, "eni_id", None) != unmanaged.id
+        assert action != DeleteEni(eni_id=foreign.id)  # pods may use it, as in ipamd
+
+
+def test_unmanaged_enis_on_card_0_take_attachment_slots() -> None:
+    # m5.large attaches 3 ENIs; a trunk ENI takes one, so the pool stops at 2 of its own.
+    node = SimNode("m5.large", PoolSettings(warm_ip_target=5))
+    trunk = dataclasses.replace(node.ec2.new_eni(primary=False, now=-HOUR), unmanaged="trunk")
+    node.state.add_eni(trunk)
+    node.scale_to(40)
+    assert node.enis() == 2 and len(node.state.enis) == 3
+    assert len(node.pods) == 18

@@ -555,12 +555,12 @@ class _Round:
         short: int = 0,
         over: int = 0,
     ) -> Decision:
-        """At most one ENI per round: managed, not primary, older than a minute, nothing leased
-        or cooling, and either not needed for the targets (`lacking` it is 0: ipamd's rule) or,
-        with `consolidate`, what the targets would lack fits in the room of the other ENIs
-        (None: needed, whatever room there is)."""
+        """At most one ENI per round: managed, created by vpcni, not primary, older than a
+        minute, nothing leased or cooling, and either not needed for the targets (`lacking`
+        it is 0: ipamd's rule) or, with `consolidate`, what the targets would lack fits in the
+        room of the other ENIs (None: needed, whatever room there is)."""
         for eni in sorted(self.state.pod_enis(), key=lambda e: -e.device_number):
-            if eni.primary or self.now - eni.created_at < MIN_ENI_LIFETIME:
+            if eni.primary or not eni.owned or self.now - eni.created_at < MIN_ENI_LIFETIME:
                 continue
             if not eni.is_idle(self.now):
                 continue

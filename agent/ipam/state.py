@@ -54,6 +54,9 @@ class EniView:
     # Why vpcni must leave this ENI alone ("" when it is a pool ENI): tagged no_manage, trunk,
     # EFA, another network card. Such an ENI keeps its attachment slot but never carries pods.
     unmanaged: str = ""
+    # Created by vpcni (or the VPC CNI: it carries their tags), or the node's own primary ENI;
+    # False for an ENI someone else attached, which pods may use but vpcni never deletes.
+    owned: bool = True
 
 
 @dataclass(slots=True, eq=False, kw_only=True)
@@ -70,6 +73,7 @@ class Eni:
     created_at: float
     network_card: int = 0
     unmanaged: str = ""  # see EniView.unmanaged
+    owned: bool = True  # see EniView.owned
     blocks: dict[IPv4Network, CidrBlock] = field(default_factory=dict)
 
     def add_block(self, cidr: IPv4Network) -> CidrBlock:
@@ -342,6 +346,7 @@ class NodeState:
                 created_at=view.created_at,
                 network_card=view.network_card,
                 unmanaged=view.unmanaged,
+                owned=view.owned,
             )
             self.enis[view.id] = eni
         eni.unmanaged = view.unmanaged  # a tag may come or go while it is attached
