@@ -12,6 +12,7 @@ from agent.ipam.subnets import (
     discovery_order,
     free_prefix_blocks,
     prefix_report,
+    prefixes_wanted,
     takes_new_enis,
 )
 
@@ -146,3 +147,28 @@ def test_addresses_not_fragmentation_when_the_subnet_is_full() -> None:
     report = prefix_report(usage(free=10), node_wants=3)
     assert report.limit == "addresses"
     assert report.fix == ""
+
+
+def test_with_no_free_block_the_fix_is_the_least_used_range() -> None:
+    # Every /28 of the /26 holds an address in use; 2 wanted: a /27 is reserved, the one with
+    # the fewest in use (.32/27 holds .40 and, as always, the broadcast address is AWS's).
+    report = prefix_report(usage(ips=("10.0.1.20", "10.0.1.24", "10.0.1.40")), node_wants=2)
+    assert report.free_prefix_blocks == 0 and report.limit == "fragmentation"
+    assert "--cidr 10.0.1.32/27" in report.fix
+    assert report.fix_in_use == 1
+
+
+def test_prefixes_wanted_counts_free_slots_new_enis_and_max_pods() -> None:
+    from agent.ipam.state import NodeState
+    from tests.ipam_helpers import FakeEc2, fresh_node
+
+    ec2 = FakeEc2()
+    state: NodeState = fresh_node(ec2, prefixes=2)  # m5.large-like: 9 slots, 2 used
+    args = {"slots_per_eni": 9, "new_eni_subnet": "subnet-primary"}
+    wanted = prefixes_wanted(state, subnet_id="subnet-primary", enis_left=2, max_pods=434, **args)
+    assert wanted == 7 + 2 * 9
+    # max pods 110 leaves room for 110 - 32 = 78 addresses: 5 prefixes
+    assert (
+        prefixes_wanted(state, subnet_id="subnet-primary", enis_left=2, max_pods=110, **args) == 5
+    )
+    assert prefixes_wanted(state, subnet_id="subnet-other", enis_left=2, max_pods=434, **args) == 0

@@ -15,6 +15,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
+from agent.ipam.state import NodeState
+
 DISCOVERY_TAG = "kubernetes.io/role/cni"
 CLUSTER_TAG_PREFIX = "kubernetes.io/cluster/"
 PREFIX_LEN = 28
@@ -104,6 +106,7 @@ class PrefixReport:
     node_can_get: int
     limit: str  # "", "fragmentation", "addresses" or "node"
     fix: str = ""  # the create-subnet-cidr-reservation command, when fragmentation limits
+    fix_in_use: int = 0  # addresses in use inside the fix's CIDR (they stay where they are)
 
 
 def free_prefix_blocks(usage: SubnetUsage) -> list[IPv4Network]:
@@ -141,10 +144,15 @@ def prefix_report(usage: SubnetUsage, *, node_wants: int) -> PrefixReport:
     can_get = min(node_wants, len(free))
     limit = ""
     fix = ""
+    in_use = 0
     if can_get < node_wants:
         if subnet.free_addresses >= node_wants * PREFIX_SIZE:
             limit = "fragmentation"
             target = _largest_free_run(free, usage.reservations)
+            if target is None:
+                # No free /28 left: reserve the range holding the fewest addresses in use; they
+                # stay, and as they are released the range fills with whole /28s only.
+                target, in_use = _least_used_range(usage, node_wants)
             if target is not None:
                 fix = (
                     f"aws ec2 create-subnet-cidr-reservation --subnet-id {subnet.id} "
@@ -164,6 +172,7 @@ def prefix_report(usage: SubnetUsage, *, node_wants: int) -> PrefixReport:
         node_can_get=can_get,
         limit=limit,
         fix=fix,
+        fix_in_use=in_use,
     )
 
 
@@ -184,3 +193,40 @@ def _largest_free_run(
             if all(b in free_set for b in candidate.subnets(new_prefix=PREFIX_LEN)):
                 return candidate
     return None
+
+
+def _least_used_range(usage: SubnetUsage, prefixes: int) -> tuple[IPv4Network | None, int]:
+    """The aligned range of at least `prefixes` /28s, overlapping no reservation, that holds
+    the fewest addresses in use (the lowest of equals), and that count."""
+    subnet = usage.subnet.cidr
+    size = max(prefixes, 1) * PREFIX_SIZE
+    prefixlen = max(32 - (size - 1).bit_length(), subnet.prefixlen)
+    taken = [r.cidr for r in usage.reservations]
+    best: tuple[int, IPv4Network] | None = None
+    for candidate in subnet.subnets(new_prefix=prefixlen):
+        if any(candidate.overlaps(r) for r in taken):
+            continue
+        used = sum(1 for ip in usage.used_ips if ip in candidate)
+        used += sum(p.num_addresses for p in usage.used_prefixes if p.subnet_of(candidate))
+        if best is None or used < best[0]:
+            best = (used, candidate)
+    return (None, 0) if best is None else (best[1], best[0])
+
+
+def prefixes_wanted(
+    state: NodeState,
+    *,
+    subnet_id: str,
+    slots_per_eni: int,
+    enis_left: int,
+    new_eni_subnet: str,
+    max_pods: int,
+) -> int:
+    """/28s this node could still attach in `subnet_id`: the free slots of its ENIs there, and
+    whole new ENIs when new ENIs go there; no more than max pods leaves room for."""
+    slots = sum(slots_per_eni - len(e.blocks) for e in state.pod_enis() if e.subnet_id == subnet_id)
+    if subnet_id == new_eni_subnet:
+        slots += max(enis_left, 0) * slots_per_eni
+    total = sum(e.capacity() for e in state.pod_enis())
+    room = -(-(max_pods - total) // PREFIX_SIZE)
+    return max(min(slots, room), 0)

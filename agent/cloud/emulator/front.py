@@ -153,7 +153,7 @@ def eni_view(model: Ec2Model, eni: Eni) -> Result:
         "OwnerId": eni.owner_id,
         "PrivateIpAddresses": _private_ips(model, eni),
         "Ipv4Prefixes": [{"Ipv4Prefix": str(p)} for p in eni.prefixes],
-        "RequesterManaged": False,
+        "RequesterManaged": eni.requester_managed,
         "SourceDestCheck": eni.source_dest_check,
         "Status": eni.status,
         "TagSet": _tag_list(eni.tags),

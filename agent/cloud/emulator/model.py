@@ -316,11 +316,12 @@ class Eni:
     tags: dict[str, str] = field(default_factory=dict)
     attachment: Attachment | None = None
     source_dest_check: bool = True
+    requester_managed: bool = False  # an AWS service's interface (here: other tenants')
 
     @property
     def status(self) -> str:
-        """`in-use` when attached, `available` otherwise."""
-        return "in-use" if self.attachment else "available"
+        """`in-use` when attached (or an AWS service's), `available` otherwise."""
+        return "in-use" if self.attachment or self.requester_managed else "available"
 
     @property
     def slots_used(self) -> int:
@@ -562,7 +563,12 @@ class Ec2Model:
         elif owners and not any("*" in o or "?" in o for o in owners):
             # The agent's usual query: go through the instances, not every ENI of the VPC.
             found = (self.instances.get(o) for o in dict.fromkeys(owners))
-            pool = [self.enis[e] for i in found if i for e in i.enis.values()]
+            pool = [
+                self.enis[e]
+                for i in found
+                if i
+                for e in [*i.enis.values(), *i.other_cards.values()]
+            ]
         else:
             pool = list(self.enis.values())
             pool += [t for s in self.subnets.values() if (t := self._tenant_eni(s)) is not None]
@@ -588,6 +594,7 @@ class Ec2Model:
             owner_id="amazon-aws",
             description="addresses of other tenants of the subnet",
             secondary_ips=addresses[1:],
+            requester_managed=True,
         )
 
     # -- VPC layout --------------------------------------------------------------------------
