@@ -15,6 +15,7 @@ from agent.ipam.subnets import (
     prefixes_wanted,
     takes_new_enis,
 )
+from tests.ipam_helpers import FakeEc2, fresh_node
 
 AZ = "us-west-2a"
 
@@ -159,16 +160,20 @@ def test_with_no_free_block_the_fix_is_the_least_used_range() -> None:
 
 
 def test_prefixes_wanted_counts_free_slots_new_enis_and_max_pods() -> None:
-    from agent.ipam.state import NodeState
-    from tests.ipam_helpers import FakeEc2, fresh_node
-
     ec2 = FakeEc2()
-    state: NodeState = fresh_node(ec2, prefixes=2)  # m5.large-like: 9 slots, 2 used
-    args = {"slots_per_eni": 9, "new_eni_subnet": "subnet-primary"}
-    wanted = prefixes_wanted(state, subnet_id="subnet-primary", enis_left=2, max_pods=434, **args)
-    assert wanted == 7 + 2 * 9
+    state = fresh_node(ec2, prefixes=2)  # m5.large-like: 9 slots, 2 used
+
+    def wanted(subnet_id: str, max_pods: int) -> int:
+        return prefixes_wanted(
+            state,
+            subnet_id=subnet_id,
+            slots_per_eni=9,
+            enis_left=2,
+            new_eni_subnet="subnet-primary",
+            max_pods=max_pods,
+        )
+
+    assert wanted("subnet-primary", 434) == 7 + 2 * 9
     # max pods 110 leaves room for 110 - 32 = 78 addresses: 5 prefixes
-    assert (
-        prefixes_wanted(state, subnet_id="subnet-primary", enis_left=2, max_pods=110, **args) == 5
-    )
-    assert prefixes_wanted(state, subnet_id="subnet-other", enis_left=2, max_pods=434, **args) == 0
+    assert wanted("subnet-primary", 110) == 5
+    assert wanted("subnet-other", 434) == 0
