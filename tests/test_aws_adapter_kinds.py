@@ -9,6 +9,7 @@ from ipaddress import IPv4Network
 import boto3
 import pytest
 
+from agent.cloud import instance_type
 from agent.cloud.aws import INSTANCE_TAG, NO_MANAGE_TAG, Ec2Adapter
 from agent.cloud.emulator import SimCloud, start_in_thread
 from agent.cloud.emulator.model import EmulatedType
@@ -190,3 +191,16 @@ async def test_fragmented_subnet_report_names_the_reservation_that_fixes_it() ->
     finally:
         await adapter.close()
         cloud.close()
+
+
+async def test_start_up_resolves_a_type_the_table_lacks(
+    cloud: SimCloud, adapter: Ec2Adapter
+) -> None:
+    assert await instance_type.resolve("m5.large", adapter) == instances.lookup("m5.large")
+    assert "DescribeInstanceTypes" not in adapter.call_stats()  # the table answered
+    cloud.model.add_instance_type(P5)
+    assert await instance_type.resolve("p9.fake", adapter) == P5.limits
+    with pytest.raises(instances.UnknownInstanceType) as unknown:
+        await instance_type.resolve("p9.nonesuch", adapter)
+    assert "unknown instance type 'p9.nonesuch'" in str(unknown.value)
+    assert "DescribeInstanceTypes" in str(unknown.value)
