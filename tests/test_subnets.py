@@ -6,6 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from agent.ipam.subnets import (
     DISCOVERY_TAG,
+    ExhaustedSubnets,
     Reservation,
     SubnetUsage,
     SubnetView,
@@ -177,3 +178,12 @@ def test_prefixes_wanted_counts_free_slots_new_enis_and_max_pods() -> None:
     # max pods 110 leaves room for 110 - 32 = 78 addresses: 5 prefixes
     assert wanted("subnet-primary", 110) == 5
     assert wanted("subnet-other", 434) == 0
+
+
+def test_exhausted_subnets_are_held_for_a_while() -> None:
+    held = ExhaustedSubnets(hold=60.0)
+    held.record("subnet-a", now=100.0)
+    held.record("subnet-b", now=130.0)
+    assert held.current(150.0) == {"subnet-a", "subnet-b"}
+    assert held.current(161.0) == {"subnet-b"}
+    assert held.current(200.0) == frozenset()

@@ -70,6 +70,24 @@ def discovery_order(
     return tuple(s.id for s in eligible)
 
 
+class ExhaustedSubnets:
+    """Subnets that answered InsufficientFreeAddressesInSubnet/InsufficientCidrBlocks to a new
+    ENI, remembered for `hold` seconds so discovery asks the others first (no clock: callers
+    pass `now`)."""
+
+    def __init__(self, *, hold: float = 600.0) -> None:
+        self.hold = hold
+        self._since: dict[str, float] = {}
+
+    def record(self, subnet_id: str, *, now: float) -> None:
+        self._since[subnet_id] = now
+
+    def current(self, now: float) -> frozenset[str]:
+        """The subnets still held at `now`; forgets the others."""
+        self._since = {s: t for s, t in self._since.items() if now - t < self.hold}
+        return frozenset(self._since)
+
+
 # -- the prefix report ------------------------------------------------------------------------
 
 
