@@ -16,6 +16,9 @@ from agent.ipam.instances import InstanceType
 from agent.ipam.state import EniView
 from agent.ipam.subnets import SubnetUsage, SubnetView
 
+# Tag keys containing this belong to the VPC CNI's (and vpcni's) own bookkeeping.
+RESERVED_TAG_MARK = "k8s.amazonaws.com"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeIdentity:
@@ -130,4 +133,12 @@ class Ec2Port(Protocol):
 
     def latency_histograms(self) -> Mapping[str, Histogram]:
         """Per action: the latency (seconds) of every request sent."""
+        ...
+
+    def api_outcomes(self) -> Mapping[tuple[str, bool, str], tuple[int, float]]:
+        """(action, failed, "200" or the error code) → (requests, total ms)."""
+        ...
+
+    def api_errors(self) -> Mapping[tuple[str, str], int]:
+        """(action, error code) → failed requests."""
         ...

@@ -237,7 +237,7 @@ def prefixes_wanted(
     subnet_id: str,
     slots_per_eni: int,
     enis_left: int,
-    new_eni_subnet: str,
+    new_eni_subnet: str | None,
     max_pods: int,
 ) -> int:
     """/28s this node could still attach in `subnet_id`: the free slots of its ENIs there, and
