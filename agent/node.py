@@ -106,6 +106,8 @@ class Node:
             clock=clock,
             monotonic=_monotonic,
             rng=self.rng,
+            subnet_discovery=settings.subnet_discovery and not settings.pool.custom_networking,
+            cluster_name=settings.cluster_name,
         )
         self.pool = PoolManager(
             state=self.state,
@@ -171,7 +173,8 @@ class Node:
                 "leases_dropped": dropped,
             },
         )
-        await self.datapath.start([eni_link(e) for e in self.state.enis.values()])
+        # ENIs that are not vpcni's (trunk, EFA, no_manage, other cards) get no datapath.
+        await self.datapath.start([eni_link(e) for e in self.state.enis.values() if e.is_managed()])
         if dropped:
             await self.store.commit()
         if self.settings.leaked_eni_cleanup and self.settings.cloud == "aws":

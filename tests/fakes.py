@@ -18,6 +18,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from agent.cloud.aws import INSTANCE_TAG, unmanaged_reason
+from agent.cloud.emulator.front import eni_view
 from agent.cloud.emulator.model import ApiError, Ec2Model, Subnet
 from agent.cloud.emulator.model import Eni as ModelEni
 from agent.cloud.port import (
@@ -170,25 +172,33 @@ class ModelEc2:
             raise to_port_error(e, action=action, subnet_id=subnet_id) from e
 
     def view(self, eni: ModelEni) -> EniView:
-        assert eni.attachment is not None and eni.primary_ip is not None
+        """The adapter's view of a model ENI (its unmanaged/owned rules, from EC2's shape)."""
+        assert eni.attachment is not None
+        raw: Any = eni_view(self.model, eni)
+        primary = eni.attachment.device_index == 0 and eni.attachment.network_card == 0
         return EniView(
             id=eni.id,
             device_number=eni.attachment.device_index,
-            primary=eni.attachment.device_index == 0,
+            primary=primary,
             subnet_id=eni.subnet_id,
             subnet_cidr=self.model.subnet(eni.subnet_id).cidr,
-            primary_ip=eni.primary_ip,
+            primary_ip=eni.primary_ip or IPv4Address(0),
             mac=eni.mac,
             created_at=eni.created,
             secondary_ips=tuple(eni.secondary_ips),
             prefixes=tuple(eni.prefixes),
+            network_card=eni.attachment.network_card,
+            unmanaged=unmanaged_reason(raw),
+            owned=primary or INSTANCE_TAG in eni.tags,
         )
 
     # -- the port ---------------------------------------------------------------------------
 
     async def describe_enis(self, instance_id: str) -> Sequence[EniView]:
         await self._enter("describe_enis", mutating=False)
-        enis = self._run("describe_enis", lambda: list(self.model.instance_enis(instance_id)))
+        enis = self._run(
+            "describe_enis", lambda: list(self.model.instance_enis(instance_id, all_cards=True))
+        )
         return [self.view(eni) for eni in enis]
 
     async def create_eni(self, instance_id: str, spec: EniSpec) -> EniView:
@@ -203,6 +213,7 @@ class ModelEc2:
                 groups=spec.security_groups,
                 ip_count=spec.ips,
                 prefix_count=spec.prefixes,
+                tags={INSTANCE_TAG: instance_id},
             ),
             subnet_id=spec.subnet_id,
         )
