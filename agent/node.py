@@ -28,6 +28,7 @@ from agent.ipam.instances import InstanceType
 from agent.ipam.maxpods import max_pods
 from agent.ipam.planner import Decision, Limits, prefix_mode
 from agent.ipam.state import AddressInUse, Lease, NodeState, ReconcileReport
+from agent.ipam.subnets import PrefixReport
 from agent.pods import Attachment, NodeError, PodRequest, Pods
 from agent.pool import PoolManager
 from agent.resync import Resync
@@ -85,6 +86,8 @@ class Node:
             new_eni_subnet=new_eni_subnet or identity.subnet_id,
         )
         self.counters = Counters()
+        # The last prefix report per subnet (GET /v1/subnets), for the metrics.
+        self.subnet_reports: dict[str, PrefixReport] = {}
         self.resyncer = Resync(
             state=self.state,
             ec2=ec2,

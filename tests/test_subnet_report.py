@@ -35,6 +35,12 @@ async def test_fragmentation_is_predicted_and_the_fix_works(
         assert fix.startswith(f"aws ec2 create-subnet-cidr-reservation --subnet-id {w.subnet_id}")
         assert fix.endswith("--reservation-type prefix")
 
+        _, metrics = await api.metrics()
+        subnet = (("subnet", w.subnet_id),)
+        assert metrics["vpcni_subnet_fragmented"][subnet] == 1
+        assert metrics["vpcni_subnet_free_prefix_blocks"][subnet] == 0
+        assert metrics["vpcni_subnet_prefixes_obtainable"][subnet] == 0
+
         # The operator runs it; the report shows the reservation and no limit left.
         cidr = fix.split("--cidr ")[1].split()[0]
         w.model.create_reservation(subnet_id=w.subnet_id, cidr=cidr, type="prefix")
@@ -42,6 +48,9 @@ async def test_fragmentation_is_predicted_and_the_fix_works(
         [after] = doc["subnets"]
         assert after["reservations"] == [{"cidr": cidr, "type": "prefix"}]
         assert after["node_can_get"] == after["node_wants"] and after["limit"] == ""
+        _, metrics = await api.metrics()
+        assert metrics["vpcni_subnet_fragmented"][subnet] == 0
+        assert metrics["vpcni_subnet_prefixes_obtainable"][subnet] == after["node_wants"]
 
         # The command line reads the same document over the socket.
         socket = str(api.socket)

@@ -286,6 +286,7 @@ async def subnets(node: Node) -> dict[str, Any]:
             max_pods=limits.max_pods,
         )
         report = prefix_report(usage, node_wants=wanted)
+        node.subnet_reports[subnet_id] = report
         out.append(
             {
                 "subnet_id": report.subnet_id,
