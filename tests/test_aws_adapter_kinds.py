@@ -204,3 +204,29 @@ async def test_start_up_resolves_a_type_the_table_lacks(
         await instance_type.resolve("p9.nonesuch", adapter)
     assert "unknown instance type 'p9.nonesuch'" in str(unknown.value)
     assert "DescribeInstanceTypes" in str(unknown.value)
+
+
+def test_instance_type_view_uses_botocore_shapes() -> None:
+    """Every member the emulator writes is one botocore's EC2 model has (else boto3 would drop
+    it silently), down to the network cards."""
+    from botocore.model import ListShape, Shape, StructureShape
+
+    from agent.cloud.emulator.codec import service_model
+    from agent.cloud.emulator.front import _instance_type_view
+
+    def check(value: object, shape: Shape, where: str) -> None:
+        if isinstance(shape, StructureShape):
+            assert isinstance(value, dict), where
+            for key, item in value.items():
+                assert key in shape.members, f"{where}.{key} is not in {shape.name}"
+                check(item, shape.members[key], f"{where}.{key}")
+        elif isinstance(shape, ListShape):
+            assert isinstance(value, list), where
+            for item in value:
+                check(item, shape.member, f"{where}[]")
+
+    info = service_model().shape_for("InstanceTypeInfo")
+    check(_instance_type_view(P5), info, "InstanceTypeInfo")
+    view = _instance_type_view(P5)
+    assert [c["MaximumNetworkInterfaces"] for c in view["NetworkInfo"]["NetworkCards"]] == [2] * 4
+    assert view["NetworkInfo"]["EfaInfo"] == {"MaximumEfaInterfaces": 4}
