@@ -26,6 +26,7 @@ from agent.cloud.port import Ec2Error, NodeIdentity
 from agent.ipam import instances
 from agent.node import Node
 from agent.settings import Settings, SettingsError, load
+from agent.store import StoreError
 from datapath.port import Datapath, DatapathError, NoDatapath
 
 log = logging.getLogger("vpcni.agent")
@@ -111,6 +112,8 @@ async def run(settings: Settings) -> None:
             await node.start()
         except Ec2Error as e:
             raise StartupError(f"EC2 describe failed: {e}") from e
+        except StoreError as e:
+            raise StartupError(f"checkpoint: {e}") from e
         except DatapathError as e:
             raise StartupError(
                 f"{datapath.mode} datapath cannot start: {e} (it needs root/CAP_NET_ADMIN; "

@@ -11,11 +11,11 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
 
 from datapath.bpf import Counters, Endpoint, Eni, Programs
-from datapath.port import DatapathError, EniLink, PodNetwork, WiredPod
+from datapath.port import DatapathError, EniLink, PodNetwork, WiredAddress, WiredPod
 from datapath.wiring import (
     EniDevice,
     Wiring,
@@ -27,6 +27,9 @@ from datapath.wiring import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_AF_INET = 2
+_MAIN_TABLE = 254
+_SCOPE_LINK = 253
 # How long add_eni waits for a just-attached ENI's interface to show up (EC2 says "attached"
 # before the node's kernel has the device).
 ENI_WAIT = 10.0
@@ -100,6 +103,27 @@ class _NodeDatapath:
 
     def _check(self, pod: PodNetwork) -> list[str]:
         return self._wiring.check_pod(pod)
+
+    async def wired_addresses(self) -> list[WiredAddress]:
+        """Pod addresses from the host netns's /32 link routes onto veths (both modes make
+        one per pod)."""
+        return await self._run(self._wired_addresses)
+
+    def _wired_addresses(self) -> list[WiredAddress]:
+        with netlink(self.host_netns) as ipr:
+            veths = {
+                int(link["index"]): str(link.get("IFLA_IFNAME"))
+                for link in ipr.get_links()
+                if (info := link.get("IFLA_LINKINFO")) and info.get("IFLA_INFO_KIND") == "veth"
+            }
+            found = []
+            for route in ipr.get_routes(family=_AF_INET, table=_MAIN_TABLE):
+                oif = route.get("RTA_OIF")
+                if route["dst_len"] == 32 and route["scope"] == _SCOPE_LINK and oif in veths:
+                    found.append(
+                        WiredAddress(ip=IPv4Address(route.get("RTA_DST")), host_veth=veths[oif])
+                    )
+        return found
 
     def _eni_status(self) -> dict[str, Any]:
         return {
@@ -255,6 +279,16 @@ class BpfDatapath(_NodeDatapath):
             raise
         self._attached[wired.host_veth] = "from_pod"
         return wired
+
+    def _wired_addresses(self) -> list[WiredAddress]:
+        # The pinned endpoint map outlives the agent and names each pod's host veth by index.
+        found = {w.ip: w for w in super()._wired_addresses()}
+        with netlink(self.host_netns) as ipr:
+            for ip, ep in self.programs.endpoints().items():
+                if ip not in found and link_exists(ipr, ep.host_ifindex):
+                    name = ipr.link("get", index=ep.host_ifindex)[0].get("IFLA_IFNAME")
+                    found[ip] = WiredAddress(ip=ip, host_veth=str(name))
+        return list(found.values())
 
     def _forget_endpoint(self, pod: PodNetwork) -> None:
         with netlink(self.host_netns) as ipr:

@@ -50,6 +50,14 @@ class WiredPod:
     pod_ifindex: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WiredAddress:
+    """A pod address the node still routes to a host veth: what survives a lost checkpoint."""
+
+    ip: IPv4Address
+    host_veth: str
+
+
 class DatapathError(Exception):
     """Wiring failed; `missing_netns` tells the API to answer with a clear 4xx."""
 
@@ -79,6 +87,11 @@ class Datapath(Protocol):
 
     async def check(self, pod: PodNetwork) -> list[str]:
         """Problems with the pod's wiring; empty when all is as `wire` left it."""
+        ...
+
+    async def wired_addresses(self) -> list[WiredAddress]:
+        """Pod addresses wired on the node now, found without the checkpoint (may be called
+        before `start`)."""
         ...
 
     def status(self) -> Mapping[str, Any]:
@@ -111,6 +124,9 @@ class NoDatapath:
         return None
 
     async def check(self, pod: PodNetwork) -> list[str]:
+        return []
+
+    async def wired_addresses(self) -> list[WiredAddress]:
         return []
 
     def status(self) -> Mapping[str, Any]:
