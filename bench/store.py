@@ -111,7 +111,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     # size, ~1.8 MB) so that its cost is in the mean; the peer is slow enough with fewer.
     commits, journal_commits = (100, 1000) if quick else (300, 8000)
     work = Path(tempfile.mkdtemp(prefix="vpcni-store-", dir=os.environ.get("VPCNI_BENCH_DIR")))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for leases in (5, 1000, 5000):
         times, compactions = asyncio.run(
             _journal(_state(leases), work / f"j{leases}", journal_commits)
