@@ -838,3 +838,17 @@ def test_waiting_adds_in_secondary_mode_fill_an_eni_and_respect_max_pods() -> No
     add_pods(state, 9, now=NOW)
     rush = plan(state, SECONDARY, M5_SECONDARY, backoff=PrefixBackoff(), now=NOW, pending=30)
     assert rush.action == CreateEni(subnet_id=PRIMARY_SUBNET, ips=9)
+
+
+def test_waiting_adds_grow_past_max_pods_by_what_is_cooling() -> None:
+    ec2 = FakeEc2()
+    small = limits_for("m5.large", prefix=True, max_pods_value=32)
+    state = fresh_node(ec2, prefixes=2)  # 32 addresses: max pods
+    leases = add_pods(state, 32, now=NOW)
+    for lease in leases[:20]:  # churn: 20 pods gone, their addresses cool for 30 s
+        state.release(lease.key, now=NOW, cooldown=30.0)
+    # ipamd's rule: the pool holds max pods' worth of addresses, so nothing grows ...
+    assert decide(state, PREFIX_1, small).action is None
+    # ... but 3 pods wait with 12 leased of 32: the cooling 20 must not keep them waiting.
+    waiting = plan(state, PREFIX_1, small, backoff=PrefixBackoff(), now=NOW + 1, pending=3)
+    assert waiting.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=1)

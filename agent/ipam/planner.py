@@ -202,6 +202,7 @@ class _Round:
             ips=ips,
             why=f"{self.pending} ADDs waiting, {free_now} addresses free now",
             short=need,
+            beyond_cooling=True,
         )
 
     def _decision(
@@ -364,10 +365,24 @@ class _Round:
     # -- growing ---------------------------------------------------------------------------
 
     def _grow(
-        self, *, prefixes: int, ips: int, why: str, short: int = 0, over: int = 0
+        self,
+        *,
+        prefixes: int,
+        ips: int,
+        why: str,
+        short: int = 0,
+        over: int = 0,
+        beyond_cooling: bool = False,
     ) -> Decision:
-        """Add `prefixes` (prefix mode) or `ips` (secondary mode, or prefix fallback)."""
+        """Add `prefixes` (prefix mode) or `ips` (secondary mode, or prefix fallback).
+
+        Max pods bounds the addresses held; for waiting ADDs (`beyond_cooling`) cooling ones are
+        not counted: they cannot serve a pod, and under churn (30 s of cooldown at a few pods a
+        second) they alone would hold the node below its max pods.
+        """
         room_left = self.limits.max_pods - self.stats.total
+        if beyond_cooling:
+            room_left += self.stats.cooling
         if room_left <= 0:
             return self._decision(
                 None,
