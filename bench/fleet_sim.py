@@ -1,19 +1,20 @@
 """1,000 nodes in one account, in simulated time: the real planner and NodeState on every node,
 the emulator's EC2 model and its token buckets and latencies (scale 1.0) on a virtual clock.
 
-Each node is the agent's pool logic without its I/O: pods arrive in bursts (a Deployment scaling
-up) at a rate in proportion to the node's size, ~1 pod/s/node over the fleet (0.38/s on an
-m5.large, 3.3/s on an m5.24xlarge), and live an exponential lifetime (~30 s) that keeps 40% of
-the node's max pods in use; an ADD leases from `NodeState`, else (vpcni) waits up to
-VPCNI_ADD_WAIT_MS for the pool while the planner sizes growth by the waiting ADDs, or (the VPC
-CNI's way) fails with code 11 and the runtime retries after 1 s, doubling. The pool manager runs
-`plan()` when an ADD wakes it, after each action and every 5 s; each action becomes the EC2
-calls the adapter makes (CreateEni: create, attach, modify), each call takes a token from the
-account's mutating bucket (EC2's default: 200, refilled 5/s) and, with vpcni's additions, first
-from the node's client limiter (5/s, burst 10); a throttled call is retried with jittered
-exponential back-off (5 attempts) and a failed action pauses the node's pool manager (1 s
-doubling, capped at 30 s). vpcni's additions toggled together: ADD wait, client limiter, and the
-fallback to secondary IPs when a subnet has no free /28.
+Each node is the agent's pool logic without its I/O. Pods arrive in bursts (a Deployment scaling
+up; a tenth of the node's max pods, at least 2) at a rate that grows with the node's size,
+1 pod/s/node over the fleet (0.19/s on an m5.large, 1.4/s on a c5.4xlarge, 4.7/s on an
+m5.24xlarge), and live an exponential lifetime that keeps 30% of the node's max pods in use.
+An ADD leases from `NodeState`, else (vpcni) waits up to VPCNI_ADD_WAIT_MS for the pool while
+the planner sizes growth by the waiting ADDs, or (the VPC CNI's way) fails with code 11 and the
+runtime retries after 1 s, doubling. The pool manager runs `plan()` when an ADD wakes it, after
+each action and every 5 s; each action becomes the EC2 calls the adapter makes (CreateEni:
+create, attach, modify), each call takes a token from the account's mutating bucket (EC2's
+default: 200, refilled 5/s) and, with vpcni's additions, first from the node's client limiter
+(5/s, burst 10); a throttled call is retried with jittered exponential back-off (5 attempts)
+and a failed action pauses the node's pool manager (1 s doubling, capped at 30 s). vpcni's
+additions toggled together: ADD wait, client limiter, and the fallback to secondary IPs when a
+subnet has no free /28.
 
 Not modelled: Describe calls (resync, leak cleanup), pods' own network traffic, node churn.
 """
@@ -23,6 +24,8 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -53,10 +56,14 @@ from agent.ipam.planner import (
 from agent.ipam.state import EniView, IPAMKey, NodeState
 
 MIX = (("m5.large", 0.6), ("c5.4xlarge", 0.3), ("m5.24xlarge", 0.1))
-# A node's size: its max pods in whichever mode allows fewer (29, 110, 250); the mix's mean.
-MEAN_SIZE = 0.6 * 29 + 0.3 * 110 + 0.1 * 250
-OCCUPANCY = 0.4  # of a node's size, in use on average
-BURST_MEAN = 8.0  # pods per burst (a Deployment scaling up)
+# A node's size: its max pods in whichever mode allows fewer (29, 110, 250). Pod starts go by
+# size**1.5 (a small node cannot churn as hard: 30 s of cooldown per address), at a fleet mean
+# of 1 pod/s/node.
+SIZES = {"m5.large": 29, "c5.4xlarge": 110, "m5.24xlarge": 250}
+CHURN_EXPONENT = 1.5
+MEAN_CHURN = sum(share * SIZES[name] ** CHURN_EXPONENT for name, share in MIX)
+OCCUPANCY = 0.3  # of a node's size, in use on average
+BURST_SHARE = 0.1  # pods per burst (a Deployment scaling up), of the node's size (at least 2)
 POOL_PERIOD = 5.0
 ADD_WAIT = 5.0  # VPCNI_ADD_WAIT_MS
 COOLDOWN = 30.0  # IP_COOLDOWN_PERIOD
@@ -229,7 +236,8 @@ class SimNode:
             max_pods(self.instance, cni_version="1.19.0", prefix_delegation=mode)
             for mode in (False, True)
         )
-        self.rate = size / MEAN_SIZE
+        self.rate = size**CHURN_EXPONENT / MEAN_CHURN
+        self.burst = max(2.0, BURST_SHARE * size)
         self.lifetime = OCCUPANCY * size / self.rate
         self.state = NodeState()
         self.backoff = PrefixBackoff()
@@ -266,7 +274,7 @@ class SimNode:
 
     def _next_burst(self) -> None:
         sim = self.sim
-        size = 1 + int(math.log(1 - sim.rng.random()) / math.log(1 - 1 / BURST_MEAN))
+        size = 1 + int(math.log(1 - sim.rng.random()) / math.log(1 - 1 / self.burst))
         for _ in range(size):
             if self.live >= self.max_pods:
                 sim.stats.unscheduled += 1  # the scheduler places it elsewhere
@@ -279,7 +287,7 @@ class SimNode:
             if pod.steady:
                 sim.stats.steady_starts += 1
             self.add(pod)
-        sim.at(sim.now + sim.rng.expovariate(self.rate / BURST_MEAN), self._next_burst)
+        sim.at(sim.now + sim.rng.expovariate(self.rate / self.burst), self._next_burst)
 
     # -- CNI verbs ------------------------------------------------------------------------------
 
@@ -378,11 +386,11 @@ class SimNode:
     def _call(self, action: Action, step: int, attempt: int) -> None:
         """Step `step` of the action's EC2 calls, attempt `attempt`."""
         sim = self.sim
-        if self.additions:  # the client limiter: wait for a token of this node's bucket
-            if not self.client.take(sim.now):
-                wait = (1 - self.client.tokens) / CLIENT_QPS
-                sim.at(sim.now + wait, self._call, action, step, attempt)
-                return
+        # The client limiter (an addition): wait for a token of this node's bucket.
+        if self.additions and not self.client.take(sim.now):
+            wait = (1 - self.client.tokens) / CLIENT_QPS
+            sim.at(sim.now + wait, self._call, action, step, attempt)
+            return
         name = CALLS[type(action)][step]
         if not sim.ec2_call(name):
             if attempt + 1 >= THROTTLE_ATTEMPTS:
@@ -535,11 +543,25 @@ def run_policy(policy: Policy, *, nodes: int, seconds: float, seed: int = 1) -> 
     }
 
 
+def _run(args: tuple[Policy, int, float]) -> dict[str, Any]:
+    policy, nodes, seconds = args
+    return run_policy(policy, nodes=nodes, seconds=seconds)
+
+
 def main(*, quick: bool = False) -> dict[str, Any]:
-    """Every policy; QUICK: 100 nodes for 10 virtual minutes."""
+    """Every policy, one process per CPU; QUICK: 100 nodes for 10 virtual minutes."""
     nodes, seconds = (100, 600.0) if quick else (1000, 3600.0)
-    rows = [run_policy(p, nodes=nodes, seconds=seconds) for p in policies()]
-    return {"nodes": nodes, "virtual_s": seconds, "mix": dict(MIX), "rows": rows}
+    started = time.perf_counter()
+    jobs = [(p, nodes, seconds) for p in policies()]
+    with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
+        rows = pool.map(_run, jobs, chunksize=1)
+    return {
+        "nodes": nodes,
+        "virtual_s": seconds,
+        "mix": dict(MIX),
+        "rows": rows,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
 
 
 if __name__ == "__main__":
