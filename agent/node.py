@@ -10,27 +10,32 @@ Decisions are the core's (`agent.ipam.planner.plan`); nothing here decides pool 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING
 
 from agent.cloud.port import Ec2Port, NodeIdentity
 from agent.counters import Counters
-from agent.executor import Ec2Executor, PlanRecord, eni_link
+from agent.executor import GROWING, Ec2Executor, PlanRecord, eni_link
 from agent.ipam.backoff import PrefixBackoff
 from agent.ipam.instances import InstanceType
 from agent.ipam.maxpods import max_pods
 from agent.ipam.planner import Decision, Limits, prefix_mode
 from agent.ipam.state import AddressInUse, IPAMKey, Lease, NodeState, ReconcileReport
 from agent.pods import Attachment, NodeError, PodRequest, Pods
-from agent.pool import GROWING, PoolManager
+from agent.pool import PoolManager
 from agent.resync import Resync
 from agent.settings import Settings
 from agent.store import CheckpointStore
 from datapath.port import Datapath, DatapathError
+
+if TYPE_CHECKING:
+    from agent.kube import EniConfigWatch
 
 log = logging.getLogger("vpcni.node")
 
@@ -125,6 +130,17 @@ class Node:
         )
         self.ready = False
         self.accepting = True
+        # Set when custom networking follows the ENIConfig in the Kubernetes API.
+        self.eni_config_watch: EniConfigWatch | None = None
+
+    def use_eni_config(self, subnet: str | None, security_groups: tuple[str, ...]) -> None:
+        """Custom networking: new ENIs go to `subnet` with `security_groups` (the primary ENI's
+        when empty); None holds ENI creation until the node's ENIConfig exists. ENIs already
+        attached keep what they were created with, as in aws-node."""
+        self.limits = dataclasses.replace(self.limits, new_eni_subnet=subnet)
+        self.pool.limits = self.limits
+        self.executor.security_groups = security_groups or self.identity.security_groups
+        self.wake()
 
     @property
     def plans(self) -> deque[PlanRecord]:
@@ -140,6 +156,10 @@ class Node:
 
     async def start(self) -> ReconcileReport:
         """EC2 describe → restore checkpoint → reconcile → datapath → pool manager."""
+        with self.counters.doing("nodeInit"):
+            return await self._start()
+
+    async def _start(self) -> ReconcileReport:
         report = await self.resyncer.initial()
         restored, dropped = await self._restore()
         log.info(
