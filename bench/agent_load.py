@@ -36,12 +36,14 @@ def _netns(name: str, *, add: bool) -> bool:
 
 
 class Agent:
-    """A `vpcni-agent --datapath none` on the embedded emulator, in a temp dir."""
+    """A `vpcni-agent --datapath none` in a temp dir: on the embedded emulator (`--cloud sim`),
+    or, shaped as in production, on EC2 and IMDS served by a separate emulator process."""
 
-    def __init__(self, work: Path, *, instance_type: str = "m5.24xlarge") -> None:
+    def __init__(self, work: Path, *, instance_type: str = "m5.24xlarge", cloud: str = "sim"):
         self.socket = work / "agent.sock"
         self.introspection = f"127.0.0.1:{free_port()}"
         self.metrics = f"127.0.0.1:{free_port()}"
+        self.emulator: subprocess.Popen[str] | None = None
         env = {
             **os.environ,
             "ENABLE_PREFIX_DELEGATION": "true",
@@ -50,13 +52,33 @@ class Agent:
             "AWS_VPC_K8S_CNI_LOGLEVEL": "ERROR",
         }
         cmd = [
-            sys.executable, "-m", "agent.main", "--cloud", "sim", "--datapath", "none",
-            "--sim-instance-type", instance_type, "--sim-subnet-cidr", "10.0.0.0/18",
+            sys.executable, "-m", "agent.main", "--cloud", cloud, "--datapath", "none",
             "--socket", str(self.socket), "--state-dir", str(work / "state"),
             "--introspection", self.introspection, "--metrics", self.metrics,
         ]  # fmt: skip
+        if cloud == "sim":
+            cmd += ["--sim-instance-type", instance_type, "--sim-subnet-cidr", "10.0.0.0/18"]
+        else:
+            url = self._start_emulator(instance_type)
+            env |= {
+                "AWS_EC2_ENDPOINT": url,
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": url,
+                "AWS_ACCESS_KEY_ID": "sim",
+                "AWS_SECRET_ACCESS_KEY": "sim",
+            }
         self.process = subprocess.Popen(cmd, env=env)
         wait_ready(self.introspection, self.process)
+
+    def _start_emulator(self, instance_type: str) -> str:
+        port = free_port()
+        self.emulator = subprocess.Popen(
+            [sys.executable, "-m", "agent.ctl", "ec2-sim", "serve", "--port", str(port),
+             "--instance-type", instance_type, "--subnet-cidr", "10.0.0.0/18"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.emulator.stdout is not None
+        self.emulator.stdout.readline()  # "EC2: <url>" once it listens
+        return f"http://127.0.0.1:{port}"
 
     def cpu_s(self) -> float:
         """User + system CPU seconds the agent has used so far."""
@@ -73,6 +95,9 @@ class Agent:
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=30)
+        if self.emulator is not None:
+            self.emulator.send_signal(signal.SIGTERM)
+            self.emulator.wait(timeout=30)
 
 
 async def _request(sock: Path, verb: str, body: bytes) -> tuple[int, float]:
@@ -152,28 +177,34 @@ async def _live(agent: Agent, count: int, netns: str) -> None:
 
 
 def run(*, quick: bool = False) -> dict[str, Any]:
-    """32-client throughput, then 1-client pairs/s at 0 and max-pods-1 live leases."""
+    """32-client throughput, then 1-client pairs/s at 0 and max-pods-1 live leases; the
+    agent's memory with the emulator inside and, as in production, outside."""
     work = Path(tempfile.mkdtemp(prefix="vpcni-load-"))
     netns = f"vpcnibench-load{os.getpid()}"
     # A real netns when we may make one (an agent may check what the path is); else a path.
     made = os.geteuid() == 0 and _netns(netns, add=True)
-    netns_path = f"/var/run/netns/{netns}"
+    path = f"/var/run/netns/{netns}"
     pairs32, pairs1 = (1500, 300) if quick else (6000, 1000)
     live = 249  # m5.24xlarge's max pods (250) less the one that churns
     try:
-        agent = Agent(work)
+        agent = Agent(work / "sim")
         try:
             rss_idle = agent.rss_mib()
-            asyncio.run(_churn(agent, clients=32, pairs=200, netns=netns_path, tag="warm"))
-            many = asyncio.run(
-                _churn(agent, clients=32, pairs=pairs32, netns=netns_path, tag="c32")
-            )
-            empty = asyncio.run(_churn(agent, clients=1, pairs=pairs1, netns=netns_path, tag="c1e"))
-            asyncio.run(_live(agent, live, netns_path))
-            full = asyncio.run(_churn(agent, clients=1, pairs=pairs1, netns=netns_path, tag="c1f"))
+            asyncio.run(_churn(agent, clients=32, pairs=200, netns=path, tag="warm"))
+            many = asyncio.run(_churn(agent, clients=32, pairs=pairs32, netns=path, tag="c32"))
+            empty = asyncio.run(_churn(agent, clients=1, pairs=pairs1, netns=path, tag="c1e"))
+            asyncio.run(_live(agent, live, path))
+            full = asyncio.run(_churn(agent, clients=1, pairs=pairs1, netns=path, tag="c1f"))
             rss_loaded = agent.rss_mib()
         finally:
             agent.stop()
+        production = Agent(work / "aws", cloud="aws")
+        try:
+            asyncio.run(_live(production, live, path))
+            asyncio.run(_churn(production, clients=32, pairs=500, netns=path, tag="p"))
+            rss_production = production.rss_mib()
+        finally:
+            production.stop()
     finally:
         if made:
             _netns(netns, add=False)
@@ -183,8 +214,9 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         "client_1_leases_live": full,
         "live_leases": live,
         "flat_ratio": round(full["pairs_s"] / empty["pairs_s"], 2),
-        "rss_mib_idle": rss_idle,
-        "rss_mib_loaded": rss_loaded,
+        "rss_mib_idle_sim": rss_idle,
+        "rss_mib_loaded_sim": rss_loaded,
+        "rss_mib_production": rss_production,
     }
 
 
