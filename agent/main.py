@@ -32,8 +32,6 @@ from agent.store import StoreError
 from datapath.port import Datapath, DatapathError, NoDatapath
 
 log = logging.getLogger("vpcni.agent")
-# Allocations before a young collection (CPython's default: 700), then its default ratios.
-GC_THRESHOLDS = (10_000, 10, 10)
 
 
 class StartupError(Exception):
@@ -164,11 +162,11 @@ def settle_heap() -> None:
 
     Full collections walked all of it on the event loop, 84-267 ms each, in the middle of CNI
     requests; frozen objects are never scanned again, so a full pass only sees what was made
-    since. Young-generation passes are cheap, so they may run less often too.
+    since. CPython's young-generation thresholds stay: larger ones made young passes longer
+    (bench/gc_pause.py).
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def _watch_eni_config(
