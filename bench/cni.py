@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,31 @@ def _installed_plugin(bin_dir: Path) -> Path:
     return bin_dir / "vpcni"
 
 
+def _makespan(plugin: list[str], conf: dict[str, Any], side: str, count: int) -> float:
+    """Seconds from `count` ADDs started at once (fresh netns each) until the last answered;
+    the pods are DELed again afterwards."""
+    names = [f"vpcnibench-{side}c{i}" for i in range(count)]
+    for name in names:
+        _netns(name, add=True)
+
+    def one(command: str, i: int) -> None:
+        rc, doc, _ = run_plugin(plugin, command, conf, container=f"conc{i}",
+                                netns=f"/var/run/netns/{names[i]}", pod=f"conc{i}")  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"{side} concurrent {command} failed: {doc}")
+
+    try:
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            started = time.perf_counter()
+            list(pool.map(lambda i: one("ADD", i), range(count)))
+            elapsed = time.perf_counter() - started
+            list(pool.map(lambda i: one("DEL", i), range(count)))
+    finally:
+        for name in names:
+            _netns(name, add=False)
+    return elapsed
+
+
 def _timed(cmd: list[str]) -> float:
     started = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -88,8 +114,9 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
-def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
-    """One side-by-side run; returns medians (ms) and ratios."""
+def run(pods: int = 40, datapath: str = "bpf", concurrent: int = 100) -> dict[str, Any]:
+    """One side-by-side run; returns medians (ms) and ratios, and the makespan of
+    `concurrent` ADDs at once on each side (0: skip)."""
     if os.geteuid() != 0:
         raise SystemExit("bench.cni needs root (network namespaces)")
     if not (PEER_DIR / "ptp").exists():
@@ -141,6 +168,9 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
             both("DEL", i)
         # Both sides ran; the peer's work is outside the agent, so this is vpcni's alone.
         cpu_per_pair = (_cpu_s(agent.pid) - cpu) * 1000 / pods
+        makespans = {
+            side: _makespan(plugin, conf, side, concurrent) for side, plugin, conf in sides
+        } if concurrent else {}  # fmt: skip
         version_ours = [run_plugin([str(plugin)], "VERSION", ours_conf, container="v", netns="",
                                    pod="v")[2] for _ in range(20)]  # fmt: skip
         status_ours = [run_plugin([str(plugin)], "STATUS", ours_conf, container="s", netns="",
@@ -177,6 +207,16 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         "peer_version_ms": _median(version_peer),
         "version_ratio": round(_median(version_ours) / _median(version_peer), 2),
         "vpcni_status_ms": _median(status_ours),
+        **(
+            {
+                "concurrent": concurrent,
+                "vpcni_makespan_s": round(makespans["ours"], 2),
+                "peer_makespan_s": round(makespans["peer"] - base / 1000, 2),
+                "makespan_ratio": round(makespans["ours"] / (makespans["peer"] - base / 1000), 2),
+            }
+            if makespans
+            else {}
+        ),
     }
 
 

@@ -4,10 +4,10 @@
 Each side is a fresh interpreter that builds what an agent holds for good (boto3's EC2 client
 and model, aiohttp, the instance table, a node with m5.24xlarge's 250 leases), then churns
 ADD+DEL pairs through `NodeState` and the checkpoint codec, and times every collection with
-`gc.callbacks` in CPU time (a loaded machine would add whatever else ran). A full (generation 2) collection runs on the event loop thread: its length is a
-stall of every request in flight. The churn keeps each request's objects in a reference cycle for
-a while (as asyncio futures and aiohttp requests are), so that collections happen as in the
-agent.
+`gc.callbacks` in CPU time (on a loaded machine wall time adds whatever else ran). A full
+(generation 2) collection runs on the event loop thread: its length stalls every request in
+flight. The churn keeps each request's objects in a reference cycle for a while (as asyncio
+futures and aiohttp requests are), so that collections happen as in the agent.
 """
 
 from __future__ import annotations
