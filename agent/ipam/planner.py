@@ -413,6 +413,10 @@ class _Round:
                 fallback_note = f"; fallback to secondary IPs: {wait}"
         if use_prefixes:
             count = min(prefixes, math.ceil(room_left / PREFIX_SIZE))
+        elif fallback_note:
+            # A prefix's worth at once: asking for each missing address alone cost one EC2 call
+            # per pod start under churn and emptied the account's bucket (bench/fleet_sim.py).
+            count = min(max(ips, PREFIX_SIZE), room_left)
         else:
             count = min(ips, room_left)
         if eni is not None:
