@@ -76,7 +76,7 @@ def _side(mode: str, pairs: int) -> dict[str, Any]:
 
 def run(*, quick: bool = False) -> dict[str, Any]:
     """Longest collection per generation, frozen vs default; ratio of the gen-2 maxima."""
-    pairs = 50_000 if quick else 300_000
+    pairs = 30_000 if quick else 300_000
     frozen = _side("freeze", pairs)
     default = _side("default", pairs)
     return {

@@ -246,8 +246,9 @@ def goals(r: dict[str, Any]) -> list[Goal]:
                 f"{frag[0]['code11_pods']} of {frag[0]['pod_starts']} pods got code 11 "
                 f"({frag[0]['throttled']} throttled calls)",
                 frag[0]["code11_pods"] == 0,
-                "the fallback to secondary IPs spends the account's mutating bucket; an "
-                "m5.large holds 27 secondary IPs, too few under churn with 30 s cooldown",
+                "secondary IPs stand in for prefixes: an m5.large holds 27, too few for its "
+                "pods plus 30 s of cooling addresses under churn; a larger node's burst waits "
+                "for a new ENI (create + attach, 2-6 s at EC2's latency) past the 5 s ADD wait",
             ))  # fmt: skip
     return out
 

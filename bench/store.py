@@ -109,7 +109,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     """Commit cost at 5, 1,000 and 5,000 leases; ratios journal / rewrite."""
     # Enough journal commits to pass the compaction threshold at 5,000 leases (the snapshot's
     # size, ~1.8 MB) so that its cost is in the mean; the peer is slow enough with fewer.
-    commits, journal_commits = (100, 1000) if quick else (300, 8000)
+    commits, journal_commits = (60, 600) if quick else (300, 8000)
     work = Path(tempfile.mkdtemp(prefix="vpcni-store-", dir=os.environ.get("VPCNI_BENCH_DIR")))
     rows: list[dict[str, Any]] = []
     for leases in (5, 1000, 5000):
