@@ -59,7 +59,6 @@ class Recovered:
     """What a checkpoint on disk holds, and what was wrong with it."""
 
     leases: list[Lease] = field(default_factory=list)
-    found: bool = False  # a snapshot or a journal was there
     unreadable: str | None = None  # why the snapshot could not be read at all
     skipped: list[str] = field(default_factory=list)  # malformed entries, each dropped
     torn: list[str] = field(default_factory=list)  # journals that ended in a torn line
@@ -95,10 +94,9 @@ def read(path: Path) -> Recovered:
     try:
         data = _read_regular(path)
     except _Unreadable as e:
-        found.found, found.unreadable, data = True, str(e), None
+        found.unreadable, data = str(e), None
     snapshot_generation = 0
     if data is not None:
-        found.found = True
         try:
             snapshot = checkpoint.decode(data)
         except checkpoint.CheckpointError as e:
@@ -112,7 +110,6 @@ def read(path: Path) -> Recovered:
         found.generation = max(found.generation, generation)
         if generation < snapshot_generation:
             continue  # the snapshot already covers it (a compaction's leftover)
-        found.found = True
         try:
             body = _read_regular(journal)
         except _Unreadable as e:
@@ -287,8 +284,12 @@ class CheckpointStore:
         write_atomic(self.path, data)
         for older, journal in journals(self.path):
             if older < generation:
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     journal.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as e:  # not a file (recovery said so): harmless, it is older
+                    log.warning("old journal left in place", extra={"error": str(e)})
         return len(data)
 
     def _close_fd(self) -> None:

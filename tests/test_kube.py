@@ -51,14 +51,14 @@ SPECS: dict[str, dict[str, Any]] = {
             None,
             "a",
             "annotation",
-        ),  # fmt: skip
+        ),
         (
             {"vpc.amazonaws.com/externalEniConfig": "b"},
             {"k8s.amazonaws.com/eniConfig": "a"},
             None,
             "b",
             "label vpc.amazonaws.com/externalEniConfig",
-        ),  # fmt: skip
+        ),
         ({ZONE_LABEL: "us-west-2a"}, {}, ZONE_LABEL, "us-west-2a", f"label {ZONE_LABEL}"),
         ({}, {}, None, "default", "default"),
     ],

@@ -201,3 +201,21 @@ async def test_rebuilt_leases_keep_journal_leases_and_go_once_unwired(
     second = make(w, s, datapath=WiredNode([prefix[3]]))
     await second.start()
     assert [x.ip for x in second.state.leases()] == [prefix[3]]
+
+
+async def test_a_journal_that_is_not_a_file_does_not_stop_start_up(
+    tmp_path: Path, make: Make
+) -> None:
+    w = fakes.world()
+    prefix = w.model.assign(eni_id=w.primary_eni.id, prefix_count=1).prefixes[0]
+    kept = lease("kept", prefix[1], prefix, w.primary_eni.id)
+    s = fakes.settings(tmp_path)
+    s.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    s.checkpoint_path.write_bytes(checkpoint.encode([kept], generation=1))
+    s.checkpoint_path.with_name("ipam.json.journal-1").mkdir()
+    n = make(w, s)
+
+    await n.start()
+
+    assert n.state.lease(kept.key) == kept
+    assert {x.key for x in store.read(s.checkpoint_path).leases} == {kept.key}
