@@ -437,7 +437,8 @@ async def test_insufficient_cidr_backs_off_and_falls_back_to_secondary_ips(
     assert attachment.lease.cidr.prefixlen == 32
     fallback = [p for p in n.plans if "fallback to secondary IPs" in p.reason]
     assert fallback and fallback[-1].outcome == "ok"
-    assert fallback[-1].action.startswith("assign")
+    # secondary IPs were assigned to the ENI (a new ENI with IPs may follow for the warm target)
+    assert any(p.action.startswith("assign") and "IP(s)" in p.action for p in fallback)
     assert n.counters.ipamd_errors["insufficient_cidr"] >= 1
     assert attachment.lease.ip in w.model.primary_eni(w.model.instance(w.instance_id)).secondary_ips
 
