@@ -29,7 +29,9 @@ from typing import Any
 from agent.demo import free_port, plugin_binary, run_plugin, wait_ready
 
 PEER_DIR = Path("/usr/lib/cni")
-PEER_HOST = "vpcnibench-peer"
+# Netns names carry the pid: benchmarks of other worktrees may run at the same time.
+TAG = f"vb{os.getpid()}"
+PEER_HOST = f"{TAG}-peer"
 
 
 def _netns(name: str, *, add: bool) -> None:
@@ -73,7 +75,7 @@ def _installed_plugin(bin_dir: Path) -> Path:
 def _makespan(plugin: list[str], conf: dict[str, Any], side: str, count: int) -> float:
     """Seconds from `count` ADDs started at once (fresh netns each) until the last answered;
     the pods are DELed again afterwards."""
-    names = [f"vpcnibench-{side}c{i}" for i in range(count)]
+    names = [f"{TAG}-{side}c{i}" for i in range(count)]
     for name in names:
         _netns(name, add=True)
 
@@ -123,7 +125,7 @@ def run(pods: int = 40, datapath: str = "bpf", concurrent: int = 100) -> dict[st
         raise SystemExit("peer missing: apt-get install containernetworking-plugins")
     work = Path(tempfile.mkdtemp(prefix="vpcni-bench-"))
     plugin = _installed_plugin(work / "bin")
-    node = f"vpcnibench-{datapath}"
+    node = f"{TAG}-{datapath}"
     agent, _ = _start_agent(work, datapath, node)
     _netns(PEER_HOST, add=True)
     ours_conf = {"cniVersion": "1.0.0", "name": "vpcni", "type": "vpcni",
@@ -148,7 +150,7 @@ def run(pods: int = 40, datapath: str = "bpf", concurrent: int = 100) -> dict[st
         for side, plugin, conf in sides:
             rc, doc, ms = run_plugin(
                 plugin, command, conf, container=f"bench{i}",
-                netns=f"/var/run/netns/vpcnibench-{side}{i}", pod=f"pod{i}",
+                netns=f"/var/run/netns/{TAG}-{side}{i}", pod=f"pod{i}",
             )  # fmt: skip
             if rc != 0:
                 raise RuntimeError(f"{side} {command} failed: {doc}")
@@ -159,7 +161,7 @@ def run(pods: int = 40, datapath: str = "bpf", concurrent: int = 100) -> dict[st
     try:
         for i in range(pods):
             for side, _, _ in sides:
-                _netns(f"vpcnibench-{side}{i}", add=True)
+                _netns(f"{TAG}-{side}{i}", add=True)
         cpu = _cpu_s(agent.pid)
         for i in range(pods):
             both("ADD", i)
@@ -182,7 +184,7 @@ def run(pods: int = 40, datapath: str = "bpf", concurrent: int = 100) -> dict[st
         agent.wait(timeout=30)
         for i in range(pods):
             for side in ("ours", "peer"):
-                _netns(f"vpcnibench-{side}{i}", add=False)
+                _netns(f"{TAG}-{side}{i}", add=False)
         _netns(PEER_HOST, add=False)
         subprocess.run([sys.executable, "-m", "agent.ctl", "sandbox", "down", node], check=False,
                        capture_output=True)  # fmt: skip

@@ -392,6 +392,7 @@ def _details(r: dict[str, Any]) -> list[str]:
             f"| DEL p50 | {c['vpcni_del_ms']} | {c['peer_del_ms']} | {c['del_ratio']} |",
             f"| VERSION p50 | {c['vpcni_version_ms']} | {c['peer_version_ms']} | "
             f"{c['version_ratio']} |",
+            f"| STATUS p50 (plugin → agent → plugin, no pod work) | {c['vpcni_status_ms']} | | |",
         ]
         if "makespan_ratio" in c:
             out.append(
