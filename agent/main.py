@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -19,13 +20,16 @@ import uvloop
 
 from agent import logs
 from agent.api.server import serve
+from agent.cloud import instance_type
 from agent.cloud.aws import Ec2Adapter
 from agent.cloud.eniconfig import load_eni_config
 from agent.cloud.imds import ImdsClient, ImdsError
 from agent.cloud.port import Ec2Error, NodeIdentity
+from agent.cni import lifecycle as cni_lifecycle
 from agent.ipam import instances
 from agent.node import Node
 from agent.settings import Settings, SettingsError, load
+from agent.store import StoreError
 from datapath.port import Datapath, DatapathError, NoDatapath
 
 log = logging.getLogger("vpcni.agent")
@@ -43,7 +47,7 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         imds_endpoint: str | None = None
-        endpoint_url: str | None = None
+        endpoint_url = settings.ec2_endpoint
         session: boto3.session.Session | None = None
         sandbox = None
         cloud = None
@@ -64,10 +68,6 @@ async def run(settings: Settings) -> None:
                 extra={"ec2": cloud.ec2_url, "imds": cloud.imds_url, "instance": cloud.instance_id},
             )
         identity = await _identity(imds_endpoint)
-        try:
-            instance = instances.lookup(identity.instance_type)
-        except instances.UnknownInstanceType as e:
-            raise StartupError(str(e)) from None
         ec2 = Ec2Adapter(
             region=identity.region,
             endpoint_url=endpoint_url,
@@ -78,6 +78,10 @@ async def run(settings: Settings) -> None:
             extra_tags=settings.additional_eni_tags,
         )
         stack.push_async_callback(ec2.close)
+        try:
+            instance = await instance_type.resolve(identity.instance_type, ec2)
+        except instances.UnknownInstanceType as e:
+            raise StartupError(str(e)) from None
         if cloud is not None and settings.host_netns:
             from agent import sim
             from datapath.sandbox import Sandbox
@@ -107,10 +111,14 @@ async def run(settings: Settings) -> None:
             new_eni_subnet=subnet,
             new_eni_security_groups=groups,
         )
+        if settings.watches_kubernetes:
+            await _watch_eni_config(settings, node, stack)
         try:
             await node.start()
         except Ec2Error as e:
             raise StartupError(f"EC2 describe failed: {e}") from e
+        except StoreError as e:
+            raise StartupError(f"checkpoint: {e}") from e
         except DatapathError as e:
             raise StartupError(
                 f"{datapath.mode} datapath cannot start: {e} (it needs root/CAP_NET_ADMIN; "
@@ -128,6 +136,10 @@ async def run(settings: Settings) -> None:
             raise StartupError(f"cannot listen: {e}") from e
         for runner in runners:
             stack.push_async_callback(runner.cleanup)
+        # Spooled DELs replayed, then the conflist published: the runtime's cue that we are ready.
+        stack.push_async_callback(await cni_lifecycle.start(node, settings.socket, os.environ))
+        node.counters.startup_seconds = process_age()
+        settle_heap()
         log.info(
             "ready",
             extra={
@@ -143,6 +155,63 @@ async def run(settings: Settings) -> None:
         await stop.wait()
         log.info("stopping: no more ADDs, finishing in-flight requests")
         node.accepting = False
+
+
+def settle_heap() -> None:
+    """Take what start-up built (boto3's EC2 model, aiohttp, the instance table: most of the
+    heap, and kept for good) out of the cyclic collector's reach.
+
+    Full collections walked all of it on the event loop, 84-267 ms each, in the middle of CNI
+    requests; frozen objects are never scanned again, so a full pass only sees what was made
+    since. CPython's young-generation thresholds stay: larger ones made young passes longer
+    (bench/gc_pause.py).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+async def _watch_eni_config(
+    settings: Settings, node: Node, stack: contextlib.AsyncExitStack
+) -> None:
+    """Follow the node's ENIConfig in the Kubernetes API; ENIs wait for it, pods never do."""
+    from agent import kube
+
+    assert settings.node_name is not None
+    try:
+        client = kube.client_from_env()
+    except Exception as e:  # no service account and no KUBECONFIG
+        raise StartupError(f"custom networking needs the Kubernetes API: {e}") from e
+    stack.push_async_callback(client.close)
+    node.use_eni_config(None, ())
+    watch = kube.EniConfigWatch(
+        client=client,
+        node_name=settings.node_name,
+        on_change=lambda choice: node.use_eni_config(choice.subnet, choice.security_groups),
+        annotation_key=settings.eni_config_annotation,
+        label_key=settings.eni_config_label,
+    )
+    node.eni_config_watch = watch
+    task = asyncio.create_task(watch.run(), name="eniconfig-watch")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (aws-node's start-up duration counts from there)."""
+    try:
+        with open("/proc/self/stat") as f:
+            # The command name (field 2) may hold spaces; start time is field 22 overall.
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(uptime - started_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
 
 
 async def _identity(endpoint: str | None) -> NodeIdentity:
@@ -174,7 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"vpcni-agent: {e}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
+    try:
+        logs.configure(settings.log_level, settings.log_file)
+    except OSError as e:
+        print(f"vpcni-agent: AWS_VPC_K8S_CNI_LOG_FILE={settings.log_file}: {e}", file=sys.stderr)
+        return 2
     for warning in settings.warnings:
         log.warning(warning)
     try:

@@ -3,8 +3,9 @@ compiled with bcc itself (LLVM stays mapped), and against kernel mode, in one ru
 
 Each case starts the real agent (`python -m agent.main --cloud sim --host-netns NAME`) in a
 fresh sandbox, waits for its "ready" line, reads VmRSS and VmHWM from /proc, and stops it.
-The in-process compile is the agent at git commit BEFORE (the last one before the loader
-child), exported to a temporary directory. Needs root, bcc, git.
+The in-process compile is this tree (HEAD, exported to a temporary directory) with
+datapath/bpf.py as it was at git commit BEFORE, the last one before the loader child: the same
+agent, compiling with bcc itself. Needs root, bcc, git.
 """
 
 from __future__ import annotations
@@ -63,12 +64,18 @@ def agent_rss(code: Path, mode: str) -> dict[str, Any]:
 def main() -> list[dict[str, Any]]:
     """Rows: BPF with the loader child, BPF compiling in the agent (BEFORE), kernel mode."""
     with tempfile.TemporaryDirectory() as old:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE],
-                                 capture_output=True, check=True).stdout  # fmt: skip
-        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        git = ["git", "-C", str(REPO)]
+        archive = subprocess.run([*git, "archive", "HEAD"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", old], input=archive.stdout, check=True)
+        in_agent = subprocess.run([*git, "show", f"{BEFORE}:datapath/bpf.py"],
+                                  capture_output=True, check=True).stdout  # fmt: skip
+        (Path(old) / "datapath" / "bpf.py").write_bytes(in_agent)
         rows = [
             {"agent": "bpf, compile in a child (now)", **agent_rss(REPO, "bpf")},
-            {"agent": f"bpf, compile in the agent ({BEFORE})", **agent_rss(Path(old), "bpf")},
+            {
+                "agent": f"bpf, compile in the agent (bpf.py of {BEFORE})",
+                **agent_rss(Path(old), "bpf"),
+            },
             {"agent": "kernel", **agent_rss(REPO, "kernel")},
         ]
     return rows

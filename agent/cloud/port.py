@@ -12,7 +12,12 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from agent.histogram import Histogram
+from agent.ipam.instances import InstanceType
 from agent.ipam.state import EniView
+from agent.ipam.subnets import SubnetUsage, SubnetView
+
+# Tag keys containing this belong to the VPC CNI's (and vpcni's) own bookkeeping.
+RESERVED_TAG_MARK = "k8s.amazonaws.com"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +109,20 @@ class Ec2Port(Protocol):
         prefixes: Sequence[IPv4Network] = (),
     ) -> None: ...
 
+    async def describe_instance_type(self, name: str) -> InstanceType:
+        """An instance type's limits (network card 0) from DescribeInstanceTypes."""
+        ...
+
+    async def discover_subnets(
+        self, node_subnet_id: str, availability_zone: str
+    ) -> Sequence[SubnetView]:
+        """The subnets of the node subnet's VPC in the zone (ENABLE_SUBNET_DISCOVERY)."""
+        ...
+
+    async def subnet_usage(self, subnet_id: str) -> SubnetUsage:
+        """A subnet, its CIDR reservations and the addresses and prefixes in use in it."""
+        ...
+
     async def cleanup_leaked_enis(self, instance_id: str, *, older_than: float) -> int:
         """Delete `available` ENIs tagged with this instance, older than `older_than` seconds."""
         ...
@@ -114,4 +133,12 @@ class Ec2Port(Protocol):
 
     def latency_histograms(self) -> Mapping[str, Histogram]:
         """Per action: the latency (seconds) of every request sent."""
+        ...
+
+    def api_outcomes(self) -> Mapping[tuple[str, bool, str], tuple[int, float]]:
+        """(action, failed, "200" or the error code) → (requests, total ms)."""
+        ...
+
+    def api_errors(self) -> Mapping[tuple[str, str], int]:
+        """(action, error code) → failed requests."""
         ...
