@@ -207,3 +207,8 @@ class CriClient:
             Sandbox(str(item.id), _meta(item.metadata), item.state == pb.SANDBOX_READY)
             for item in r.items
         ]
+
+    def conditions(self) -> dict[str, tuple[bool, str]]:
+        """Status: each runtime condition (RuntimeReady, NetworkReady) → (status, message)."""
+        r = self._call("Status", self.pb.StatusRequest(), "StatusResponse")
+        return {str(c.type): (bool(c.status), str(c.message)) for c in r.status.conditions}
