@@ -29,6 +29,7 @@ import pytest
 from tests.agent_harness import REPO, Agent
 from tests.containerd_runtime import Containerd, unavailable
 from tests.cri_client import CriClient, PodMeta, SandboxStatus
+from tests.privileges import needs_bcc
 
 pytestmark = [
     pytest.mark.root,
@@ -37,6 +38,7 @@ pytestmark = [
 NODE = f"vpcri{os.getpid()}"
 REFERENCE_PLUGINS = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 VETH_PREFIX = "eni"
+MODES = [pytest.param("bpf", marks=[needs_bcc, pytest.mark.bcc]), "kernel"]
 
 
 def cni_env(ctd: Containerd, agent_socket: Path, log_dir: Path) -> dict[str, str]:
@@ -196,21 +198,29 @@ def installed(
         )
 
 
-def start_node_agent(start_agent: Any, installed: Installed) -> Agent:
-    """The agent (kernel datapath) on sandbox node NODE, with the DaemonSet's CNI env."""
-    agent: Agent = start_agent("--datapath", "kernel", "--host-netns", NODE, **installed.agent_env)
+def start_node_agent(start_agent: Any, installed: Installed, datapath: str = "kernel") -> Agent:
+    """The agent on sandbox node NODE, with the DaemonSet's CNI env."""
+    agent: Agent = start_agent("--datapath", datapath, "--host-netns", NODE, **installed.agent_env)
     assert agent.socket == Path(installed.agent_env["VPCNI_SOCKET"])
     return agent
 
 
 @pytest.fixture
-def node(start_agent: Any, installed: Installed, sock_dir: Path) -> Node:
+def datapath() -> str:
+    """The agent's datapath mode; tests parametrize it to run in both."""
+    return "kernel"
+
+
+@pytest.fixture
+def node(start_agent: Any, installed: Installed, sock_dir: Path, datapath: str) -> Node:
     """An installed node with its agent started and containerd NetworkReady."""
-    agent = start_node_agent(start_agent, installed)
+    agent = start_node_agent(start_agent, installed, datapath)
+    assert agent.get("/v1/datapath")["mode"] == datapath
     wait_network_ready(installed.cri)
     return Node(agent, installed.ctd, installed.cri, sock_dir)
 
 
+@pytest.mark.parametrize("datapath", MODES)
 def test_sandboxes_sequential_and_concurrent_get_addresses_and_reach_each_other(
     node: Node,
 ) -> None:
@@ -253,6 +263,7 @@ def test_sandboxes_survive_a_containerd_restart(node: Node) -> None:
     node.remove_all_and_check_clean()
 
 
+@pytest.mark.parametrize("datapath", MODES)
 def test_sandboxes_survive_an_agent_restart(node: Node) -> None:
     pods = [node.run(PodMeta.new(f"live-{i}")) for i in range(2)]
     before = node.agent.get("/v1/pods")
