@@ -16,7 +16,8 @@ from aiohttp import web
 
 from agent.api.keys import NODE
 from agent.ipam.state import IPAMKey
-from agent.node import Attachment, Node, NodeError, PodRequest
+from agent.node import Node
+from agent.pods import Attachment, NodeError, PodRequest
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 MAX_BODY = 64 * 1024

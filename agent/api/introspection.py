@@ -12,8 +12,9 @@ from aiohttp import web
 
 from agent.api.cni import json_response
 from agent.api.keys import NODE
+from agent.executor import describe
 from agent.ipam.planner import prefix_mode
-from agent.node import Node, describe
+from agent.node import Node
 
 # The VPC CNI's /v1/ipamd-env-settings and /v1/networkutils-env-settings keys.
 IPAMD_ENV = (
