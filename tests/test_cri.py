@@ -122,6 +122,15 @@ def host_veths() -> list[str]:
     ]
 
 
+def root_firewall() -> list[str]:
+    """The root netns's iptables and nftables rules (no timestamps): CRI's CNI plugins run in
+    the root netns, and nothing of vpcni's chain may change its rules."""
+    saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True)
+    nft = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True)
+    lines = saved.stdout.splitlines() + nft.stdout.splitlines()
+    return [line for line in lines if not line.startswith("#")]
+
+
 @dataclass
 class Node:
     """The agent, containerd with the installed plugin, and a CRI client on it."""
@@ -130,6 +139,7 @@ class Node:
     ctd: Containerd
     cri: CriClient
     log_dir: Path
+    firewall: list[str]
 
     def run(self, meta: PodMeta) -> SandboxStatus:
         """RunPodSandbox, then its status: ready, with an address."""
@@ -147,7 +157,8 @@ class Node:
         return {p["container_id"]: p["ip"] for p in self.agent.get("/v1/pods")}
 
     def remove_all_and_check_clean(self) -> None:
-        """Stop and remove every sandbox; then no lease, no host veth, no pod netns is left."""
+        """Stop and remove every sandbox; then no lease, no host veth, no pod netns is left, and
+        the root netns's firewall rules are as they were."""
         sandboxes = self.cri.list_pod_sandbox()
         netns = [self.cri.pod_sandbox_status(s.id).netns for s in sandboxes]
         for sandbox in sandboxes:
@@ -156,6 +167,7 @@ class Node:
         assert self.leases() == {}
         assert host_veths() == []
         assert [path for path in netns if os.path.exists(path)] == []
+        assert root_firewall() == self.firewall
 
 
 @dataclass
@@ -165,6 +177,7 @@ class Installed:
     ctd: Containerd
     cri: CriClient
     agent_env: dict[str, str]
+    firewall: list[str]  # the root netns's rules before
 
 
 @pytest.fixture
@@ -174,6 +187,7 @@ def installed(
     """containerd with an EMPTY CNI bin dir, then the installer; at teardown every sandbox
     left is stopped and removed through CRI (while the agent still runs, so leases go) and the
     sandbox node is taken down. Indirect parameters go to `start_containerd`."""
+    firewall = root_firewall()
     ctd: Containerd = start_containerd(**getattr(request, "param", {}))
     cri = CriClient(ctd.endpoint)
     try:
@@ -182,7 +196,7 @@ def installed(
         assert not ready, message  # nothing installed: the node is not Ready
         env = cni_env(ctd, sock_dir / "a.sock", sock_dir)  # start_agent's socket
         install_cni(ctd, env)
-        yield Installed(ctd, cri, env)
+        yield Installed(ctd, cri, env, firewall)
         for sandbox in cri.list_pod_sandbox():
             # A safety net: tests check their own clean-up; containerd's goes on regardless.
             with contextlib.suppress(grpc.RpcError):
@@ -217,7 +231,7 @@ def node(start_agent: Any, installed: Installed, sock_dir: Path, datapath: str) 
     agent = start_node_agent(start_agent, installed, datapath)
     assert agent.get("/v1/datapath")["mode"] == datapath
     wait_network_ready(installed.cri)
-    return Node(agent, installed.ctd, installed.cri, sock_dir)
+    return Node(agent, installed.ctd, installed.cri, sock_dir, installed.firewall)
 
 
 @pytest.mark.parametrize("datapath", MODES)
