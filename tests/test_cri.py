@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,6 @@ pytestmark = [
 ]
 NODE = f"vpcri{os.getpid()}"
 REFERENCE_PLUGINS = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
-VETH_PREFIX = "eni"
 MODES = [pytest.param("bpf", marks=[needs_bcc, pytest.mark.bcc]), "kernel"]
 
 
@@ -111,15 +111,16 @@ def eth0_address(status: SandboxStatus) -> str | None:
 
 
 def host_veths() -> list[str]:
-    """Pod veths on the sandbox node (the host side of each pod's eth0)."""
+    """Pod veths on the sandbox node (the host side of each pod's eth0): every veth there but
+    the ENIs (`eth<N>`, the sandbox's links to its VPC router), whatever the naming scheme."""
     done = subprocess.run(
-        ["ip", "-n", NODE, "-j", "link", "show"], capture_output=True, text=True, check=True
+        ["ip", "-n", NODE, "-j", "link", "show", "type", "veth"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    return [
-        str(link["ifname"])
-        for link in json.loads(done.stdout)
-        if str(link["ifname"]).startswith(VETH_PREFIX)
-    ]
+    names = [str(link["ifname"]) for link in json.loads(done.stdout)]
+    return [name for name in names if not re.fullmatch(r"eth\d+", name)]
 
 
 def root_firewall() -> list[str]:
