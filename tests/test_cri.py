@@ -139,7 +139,6 @@ class Node:
     agent: Agent
     ctd: Containerd
     cri: CriClient
-    log_dir: Path
     firewall: list[str]
 
     def run(self, meta: PodMeta) -> SandboxStatus:
@@ -227,12 +226,12 @@ def datapath() -> str:
 
 
 @pytest.fixture
-def node(start_agent: Any, installed: Installed, sock_dir: Path, datapath: str) -> Node:
+def node(start_agent: Any, installed: Installed, datapath: str) -> Node:
     """An installed node with its agent started and containerd NetworkReady."""
     agent = start_node_agent(start_agent, installed, datapath)
     assert agent.get("/v1/datapath")["mode"] == datapath
     wait_network_ready(installed.cri)
-    return Node(agent, installed.ctd, installed.cri, sock_dir, installed.firewall)
+    return Node(agent, installed.ctd, installed.cri, installed.firewall)
 
 
 @pytest.mark.parametrize("datapath", MODES)
@@ -357,6 +356,34 @@ def test_stopping_a_superseded_attempt_keeps_the_live_one_wired(node: Node) -> N
     assert eth0_address(live) == live.ip
     assert node.leases() == {peer.id: peer.ip, live.id: live.ip}
     assert ping(live, peer.ip) and ping(peer, live.ip)
+    node.remove_all_and_check_clean()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 8.2: a DEL while the agent is away is answered with success and never "
+    "applied, so the removed sandbox's lease stays forever",
+)
+def test_a_del_while_the_agent_is_away_is_applied_when_it_returns(node: Node) -> None:
+    peer = node.run(PodMeta.new("peer"))
+    pod = PodMeta.new("web")
+    dead = node.run(pod)
+    assert node.agent.stop() == 0
+    with contextlib.suppress(grpc.RpcError):  # a plugin may fail the DEL; kubelet retries it
+        node.remove(dead.id)
+    node.agent.start()
+    if any(s.id == dead.id for s in node.cri.list_pod_sandbox()):
+        node.remove(dead.id)  # kubelet's retry, now that the agent is back
+    live = node.run(pod.next_attempt())
+
+    # No lease of the removed sandbox survives: the agent applies the DEL it missed.
+    deadline = time.monotonic() + 10
+    while (leases := node.leases()) != {peer.id: peer.ip, live.id: live.ip}:
+        assert time.monotonic() < deadline, leases
+        time.sleep(0.1)
+    assert late_del(node, dead).returncode == 0  # and its late repeat changes nothing
+    assert eth0_address(live) == live.ip
+    assert ping(live, peer.ip)
     node.remove_all_and_check_clean()
 
 
