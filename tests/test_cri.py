@@ -68,6 +68,8 @@ def install_cni(ctd: Containerd, env: dict[str, str]) -> None:
             **env,
             "PATH": f"{venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin",
             "VPCNI_SHIM_PYTHON": sys.executable,
+            # Where the Go plugin's installer (issue 9) finds vpcni, loopback and portmap.
+            "VPCNI_PLUGIN_DIRS": f"{REPO / 'build'}:{REFERENCE_PLUGINS}",
         },
         cwd=REPO,
         check=True,
