@@ -46,6 +46,10 @@ EC2_PAUSE_FIRST = 1.0
 EC2_PAUSE_MAX = 30.0
 
 
+# Actions that grow the pool (an ADD waiting for an address waits on these).
+GROWING = (AssignPrefixes, AssignIps, CreateEni)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlanRecord:
     """One executed (or refused) planner decision, for introspection."""
@@ -113,8 +117,10 @@ class Ec2Executor:
         started = self.clock()
         self.counters.plans += 1
         outcome = "ok"
+        doing = "increaseDatastorePool" if isinstance(action, GROWING) else "decreaseDatastorePool"
         try:
-            await self._act(action)
+            with self.counters.doing(doing):
+                await self._act(action)
         except InsufficientCidr as e:
             outcome = f"{e.code or 'InsufficientCidr'}: {e}"
             if isinstance(action, AssignPrefixes | CreateEni) and (

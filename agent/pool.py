@@ -16,15 +16,12 @@ from collections.abc import Callable
 from agent.counters import Counters
 from agent.executor import Ec2Executor
 from agent.ipam.backoff import PrefixBackoff
-from agent.ipam.planner import AssignIps, AssignPrefixes, CreateEni, Decision, Limits, plan
+from agent.ipam.planner import Decision, Limits, plan
 from agent.ipam.state import NodeState
 from agent.resync import Resync
 from agent.settings import Settings
 
 log = logging.getLogger("vpcni.pool")
-
-# Actions that grow the pool (an ADD waiting for an address waits on these).
-GROWING = (AssignPrefixes, AssignIps, CreateEni)
 
 
 class PoolManager:

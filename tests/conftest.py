@@ -18,7 +18,7 @@ def sock_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-# The agent-as-a-subprocess fixtures (`shim`, `start_agent`) for every e2e module.
+# The agent-as-a-subprocess fixtures (`plugin`, `start_agent`) for every e2e module.
 pytest_plugins = ["tests.agent_harness"]
 
 # A real containerd in temp dirs and the locally built pause image (`start_containerd`).

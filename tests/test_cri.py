@@ -1,8 +1,9 @@
 """vpcni driven by a real containerd over CRI, as kubelet drives it (root).
 
 The path is kubelet's: CRI RunPodSandbox → containerd's CRI plugin → go-cni/libcni → the
-plugin the project's installer put into an EMPTY CNI bin dir (+ `loopback`, which containerd
-always runs) → the agent's socket. The agent runs on the embedded emulator with its host side in
+plugins the project's installer put into an EMPTY CNI bin dir (vpcni, portmap chained, and
+`loopback`, which containerd always runs) with the conflist the agent wrote once ready → the
+agent's socket. The agent runs on the embedded emulator with its host side in
 a sandbox node netns (`--host-netns`); containerd runs in the root netns and makes each pod's
 netns (/var/run/netns/cni-<uuid>); the agent wires the pod's veth between that netns and the
 sandbox node, so pods reach each other through the node exactly as on EC2.
@@ -14,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.agent_harness import REPO, Agent
+from tests.agent_harness import REPO, Agent, built_plugin
 from tests.containerd_runtime import Containerd, unavailable
 from tests.cri_client import CriClient, PodMeta, SandboxStatus
 from tests.privileges import needs_bcc
@@ -54,29 +54,24 @@ def cni_env(ctd: Containerd, agent_socket: Path, log_dir: Path) -> dict[str, str
     }
 
 
-def install_cni(ctd: Containerd, env: dict[str, str]) -> None:
+def install_cni(env: dict[str, str]) -> None:
     """Run the project's installer (deploy/install-cni.sh, as the DaemonSet's entrypoint does)
-    into containerd's CNI dirs, with this venv's python as the node's.
-
-    containerd's CRI runs `loopback` beside every network: when the installer does not put it
-    there (issue 9), it comes from Debian's plugins, as on a node that has them.
-    """
+    into containerd's CNI bin dir: vpcni (build/vpcni, built here) and Debian's loopback and
+    portmap. The conflist is the agent's to write, once it is ready."""
+    built_plugin()
     venv_bin = str(Path(sys.executable).parent)
     subprocess.run(
         [str(REPO / "deploy" / "install-cni.sh")],
         env={
             **env,
             "PATH": f"{venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin",
-            "VPCNI_SHIM_PYTHON": sys.executable,
-            # Where the Go plugin's installer (issue 9) finds vpcni, loopback and portmap.
             "VPCNI_PLUGIN_DIRS": f"{REPO / 'build'}:{REFERENCE_PLUGINS}",
         },
         cwd=REPO,
         check=True,
         timeout=60,
+        capture_output=True,
     )
-    if not (ctd.cni_bin_dir / "loopback").exists():
-        shutil.copy2(REFERENCE_PLUGINS / "loopback", ctd.cni_bin_dir / "loopback")
 
 
 def wait_network_ready(cri: CriClient, timeout: float = 20.0) -> None:
@@ -197,7 +192,7 @@ def installed(
         ready, message = cri.conditions()["NetworkReady"]
         assert not ready, message  # nothing installed: the node is not Ready
         env = cni_env(ctd, sock_dir / "a.sock", sock_dir)  # start_agent's socket
-        install_cni(ctd, env)
+        install_cni(env)
         yield Installed(ctd, cri, env, firewall)
         for sandbox in cri.list_pod_sandbox():
             # A safety net: tests check their own clean-up; containerd's goes on regardless.
@@ -361,11 +356,6 @@ def test_stopping_a_superseded_attempt_keeps_the_live_one_wired(node: Node) -> N
     node.remove_all_and_check_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8.2: a DEL while the agent is away is answered with success and never "
-    "applied, so the removed sandbox's lease stays forever",
-)
 def test_a_del_while_the_agent_is_away_is_applied_when_it_returns(node: Node) -> None:
     peer = node.run(PodMeta.new("peer"))
     pod = PodMeta.new("web")
@@ -389,11 +379,6 @@ def test_a_del_while_the_agent_is_away_is_applied_when_it_returns(node: Node) ->
     node.remove_all_and_check_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9.2: the installer writes the conflist before the agent is ready, so the node "
-    "turns NetworkReady while every ADD fails",
-)
 def test_the_node_is_network_ready_only_once_the_agent_is(
     start_agent: Any, installed: Installed
 ) -> None:
