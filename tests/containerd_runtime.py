@@ -9,11 +9,11 @@ Fixtures:
   `gcc -static`, packed as a docker-archive tar (one layer, config JSON, manifest.json) cached at
   build/pause/vpcni-pause-<hash>.tar. Nothing can be pulled here, so containerd's
   `sandbox_image` names this image.
-- `start_containerd` (function): `start_containerd(netns_under_state_dir=False) -> Containerd`,
-  started and with the pause image imported into the `k8s.io` namespace. Everything it started
-  is stopped and removed at teardown: tasks and containers it still holds are killed and
-  deleted, pod netns it made are unmounted, containerd gets SIGTERM, mounts under its root and
-  state are detached and the directories removed.
+- `start_containerd` (function): `start_containerd(netns_under_state_dir=False, netns=None)
+  -> Containerd`, started and with the pause image imported into the `k8s.io` namespace.
+  Everything it started is stopped and removed at teardown: tasks and containers it still
+  holds are killed and deleted, pod netns it made are unmounted, containerd gets SIGTERM,
+  mounts under its root and state are detached and the directories removed.
 
 A `Containerd` has its own `root`, `state`, `socket` (gRPC, CRI on the same socket), `config`
 (config.toml) and `log`, and the CRI plugin's `cni_bin_dir` (created EMPTY) and `cni_conf_dir`:
@@ -26,7 +26,11 @@ temp dirs named with the test process id, never the host's /opt/cni/bin, /etc/cn
   restart, as on a node.
 - `endpoint`: `unix://<socket>`, for a CRI client.
 Pod netns: containerd puts them in /var/run/netns/cni-<uuid> unless `netns_under_state_dir`
-(then under `state`).
+(then under `state`). `netns` (a path) runs the daemon, and so its shims and the CNI plugins it
+execs, in that network namespace instead of the caller's: a sandbox node's host netns, as on a
+node where containerd shares the host netns with the agent (`portmap` then sets its hostPort
+rules there, not in the test machine's root netns). The API socket is a file, reachable from
+any netns.
 """
 
 from __future__ import annotations
@@ -189,7 +193,12 @@ class Containerd:
     """One containerd daemon in its own directories (see the module docstring)."""
 
     def __init__(
-        self, base: Path, sandbox_image: str, *, netns_under_state_dir: bool = False
+        self,
+        base: Path,
+        sandbox_image: str,
+        *,
+        netns_under_state_dir: bool = False,
+        netns: str | None = None,
     ) -> None:
         self.base = base
         self.root = base / "root"
@@ -201,6 +210,7 @@ class Containerd:
         self.cni_conf_dir = base / "cni-conf"
         self.sandbox_image = sandbox_image
         self.netns_under_state_dir = netns_under_state_dir
+        self.netns = netns
         self.proc: subprocess.Popen[bytes] | None = None
         for d in (self.root, self.state, self.cni_bin_dir, self.cni_conf_dir):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -214,9 +224,10 @@ class Containerd:
     def start(self, timeout: float = 30.0) -> None:
         """Start the daemon and wait until `ctr version` answers."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        enter = ["nsenter", f"--net={self.netns}"] if self.netns else []
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                ["containerd", "--config", str(self.config)],
+                [*enter, "containerd", "--config", str(self.config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -327,13 +338,15 @@ def pause_image() -> PauseImage:
 
 @pytest.fixture
 def start_containerd(pause_image: PauseImage) -> Iterator[Any]:
-    """start_containerd(netns_under_state_dir=False) → a running Containerd with the pause
-    image imported; every one is cleaned up at teardown."""
+    """start_containerd(netns_under_state_dir=False, netns=None) → a running Containerd with
+    the pause image imported; every one is cleaned up at teardown."""
     started: list[Containerd] = []
 
-    def start(*, netns_under_state_dir: bool = False) -> Containerd:
+    def start(*, netns_under_state_dir: bool = False, netns: str | None = None) -> Containerd:
         base = Path(tempfile.mkdtemp(prefix=f"vpctd{os.getpid()}-", dir="/tmp"))
-        ctd = Containerd(base, pause_image.name, netns_under_state_dir=netns_under_state_dir)
+        ctd = Containerd(
+            base, pause_image.name, netns_under_state_dir=netns_under_state_dir, netns=netns
+        )
         started.append(ctd)
         ctd.start()
         ctd.import_image(pause_image.tar)

@@ -143,14 +143,26 @@ class CriClient:
         r = self._call("Version", self.pb.VersionRequest(version="v1"), "VersionResponse")
         return str(r.runtime_name), str(r.runtime_version), str(r.runtime_api_version)
 
-    def run_pod_sandbox(self, meta: PodMeta, labels: dict[str, str] | None = None) -> str:
-        """RunPodSandbox as kubelet sends it for a pod on the pod network; the sandbox id."""
+    def run_pod_sandbox(
+        self,
+        meta: PodMeta,
+        labels: dict[str, str] | None = None,
+        host_ports: dict[int, int] | None = None,
+    ) -> str:
+        """RunPodSandbox as kubelet sends it for a pod on the pod network; the sandbox id.
+
+        `host_ports`: container port → host port (TCP), the pod's hostPorts.
+        """
         pb = self.pb
         config = pb.PodSandboxConfig(
             metadata=pb.PodSandboxMetadata(
                 name=meta.name, uid=meta.uid, namespace=meta.namespace, attempt=meta.attempt
             ),
             hostname=meta.name,
+            port_mappings=[
+                pb.PortMapping(protocol=pb.TCP, container_port=port, host_port=host_port)
+                for port, host_port in (host_ports or {}).items()
+            ],
             labels={
                 "io.kubernetes.pod.name": meta.name,
                 "io.kubernetes.pod.namespace": meta.namespace,

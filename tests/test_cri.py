@@ -3,10 +3,11 @@
 The path is kubelet's: CRI RunPodSandbox → containerd's CRI plugin → go-cni/libcni → the
 plugins the project's installer put into an EMPTY CNI bin dir (vpcni, portmap chained, and
 `loopback`, which containerd always runs) with the conflist the agent wrote once ready → the
-agent's socket. The agent runs on the embedded emulator with its host side in
-a sandbox node netns (`--host-netns`); containerd runs in the root netns and makes each pod's
-netns (/var/run/netns/cni-<uuid>); the agent wires the pod's veth between that netns and the
-sandbox node, so pods reach each other through the node exactly as on EC2.
+agent's socket. The agent runs on the embedded emulator with its host side in a sandbox node
+netns (`--host-netns`). containerd runs in that same netns, as on a node, so the plugins it
+execs (portmap's hostPort rules) act on the sandbox node, never on this machine's root netns. It
+makes each pod's netns (/var/run/netns/cni-<uuid>); the agent wires the pod's veth between that
+netns and the sandbox node, so pods reach each other through the node exactly as on EC2.
 """
 
 from __future__ import annotations
@@ -138,9 +139,10 @@ class Node:
     cri: CriClient
     firewall: list[str]
 
-    def run(self, meta: PodMeta) -> SandboxStatus:
+    def run(self, meta: PodMeta, host_ports: dict[int, int] | None = None) -> SandboxStatus:
         """RunPodSandbox, then its status: ready, with an address."""
-        status = self.cri.pod_sandbox_status(self.cri.run_pod_sandbox(meta))
+        sandbox_id = self.cri.run_pod_sandbox(meta, host_ports=host_ports)
+        status = self.cri.pod_sandbox_status(sandbox_id)
         assert status.ready and status.ip and status.netns, status
         return status
 
@@ -185,7 +187,15 @@ def installed(
     left is stopped and removed through CRI (while the agent still runs, so leases go) and the
     sandbox node is taken down. Indirect parameters go to `start_containerd`."""
     firewall = root_firewall()
-    ctd: Containerd = start_containerd(**getattr(request, "param", {}))
+    subprocess.run(
+        [sys.executable, "-m", "agent.ctl", "sandbox", "up", NODE],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    ctd: Containerd = start_containerd(
+        netns=f"/var/run/netns/{NODE}", **getattr(request, "param", {})
+    )
     cri = CriClient(ctd.endpoint)
     try:
         assert os.listdir(ctd.cni_bin_dir) == []
@@ -405,3 +415,62 @@ def test_pod_netns_under_containerds_state_dir(node: Node) -> None:
     assert [eth0_address(p) for p in pods] == [p.ip for p in pods]
     assert ping(pods[0], pods[1].ip)
     node.remove_all_and_check_clean()
+
+
+# A one-connection TCP server for the pod: says which address and port it was reached on.
+WHERE_AM_I = """
+import socket, sys
+server = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+print("listening", flush=True)
+conn, _ = server.accept()
+conn.sendall(("%s:%d" % conn.getsockname()).encode())
+conn.close()
+"""
+CONNECT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as c:
+    print(c.recv(100).decode())
+"""
+
+
+@pytest.mark.parametrize("datapath", MODES)
+def test_a_host_port_reaches_the_pod_through_portmap(node: Node) -> None:
+    # kubelet passes a pod's hostPorts as CRI port mappings; containerd hands them to the
+    # chained portmap plugin (portMappings capability), which DNATs node:30080 to pod:8080.
+    pod = node.run(PodMeta.new("web"), host_ports={8080: 30080})
+    server = subprocess.Popen(
+        ["nsenter", f"--net={pod.netns}", sys.executable, "-I", "-c", WHERE_AM_I, "8080"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        addr = subprocess.run(
+            ["ip", "-n", NODE, "-j", "-4", "addr", "show", "dev", "eth0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        node_ip = json.loads(addr.stdout)[0]["addr_info"][0]["local"]
+        # From the VPC host outside the node, to the node's own address.
+        vpc_host = ["nsenter", f"--net=/var/run/netns/{NODE}-vpc"]
+        client = subprocess.run(
+            [*vpc_host, sys.executable, "-I", "-c", CONNECT, node_ip, "30080"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert client.stdout.strip() == f"{pod.ip}:8080", client.stderr
+    finally:
+        server.kill()
+        server.wait()
+
+    node.remove_all_and_check_clean()
+    rules = subprocess.run(
+        ["ip", "netns", "exec", NODE, "iptables-save", "-t", "nat"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert pod.ip not in rules.stdout  # portmap's DEL took its DNAT away
