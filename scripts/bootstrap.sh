@@ -2,7 +2,8 @@
 # Prepares a fresh Debian machine for vpcni: the venv with Python deps and, as root, the Debian
 # packages the datapath needs (bcc from Debian, never PyPI), go and libcni's source for
 # tests/test_libcni.py, containerd + runc + the reference CNI plugins and gcc (a static pause
-# binary) for the CRI tests (tests/containerd_runtime.py), plus the two bcc workarounds from
+# binary) for the CRI tests (tests/containerd_runtime.py), iperf3 and sockperf for the traffic
+# and SNAT benchmarks, plus the two bcc workarounds from
 # ../shared/ENVIRONMENT.md (kernel headers symlink, bcc linked into the venv).
 # Idempotent and quiet: re-running only checks.
 set -euo pipefail
