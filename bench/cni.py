@@ -1,4 +1,6 @@
-"""CNI ADD/DEL latency: the vpcni shim + agent vs Debian's ptp + host-local, in one run.
+"""CNI ADD/DEL latency: the vpcni plugin (static Go binary) + agent vs Debian's ptp + host-local,
+in one run; plus the plugin's own cost: exec to VERSION answered (start-up), and exec to STATUS
+answered by the agent over its socket (start-up + one HTTP round trip, no pod work).
 
 Both wire a veth into a fresh pod netns with a /32 (vpcni) or a host-local address (ptp). The
 peer runs with its host side in its own netns via `nsenter --net` (nothing touches the root
@@ -19,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.cni.install import install_shim
-from agent.demo import free_port, run_plugin, wait_ready
+from agent.demo import free_port, plugin_binary, run_plugin, wait_ready
 
 PEER_DIR = Path("/usr/lib/cni")
-PEER_HOST = "vpcnibench-peer"
+# Netns names carry the pid: benchmarks of other worktrees may run at the same time.
+TAG = f"vb{os.getpid()}"
+PEER_HOST = f"{TAG}-peer"
 
 
 def _netns(name: str, *, add: bool) -> None:
@@ -60,9 +63,8 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
     if not (PEER_DIR / "ptp").exists():
         raise SystemExit("peer missing: apt-get install containernetworking-plugins")
     work = Path(tempfile.mkdtemp(prefix="vpcni-bench-"))
-    shim = work / "vpcni"
-    install_shim(shim, os.path.realpath(sys.executable))
-    node = f"vpcnibench-{datapath}"
+    plugin = plugin_binary()
+    node = f"{TAG}-{datapath}"
     agent, _ = _start_agent(work, datapath, node)
     _netns(PEER_HOST, add=True)
     ours_conf = {"cniVersion": "1.0.0", "name": "vpcni", "type": "vpcni",
@@ -79,14 +81,14 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         k: [] for k in ("ours_add", "ours_del", "peer_add", "peer_del")
     }
     nsenter = []
-    sides = (("ours", [str(shim)], ours_conf), ("peer", peer, peer_conf))
+    sides = (("ours", [str(plugin)], ours_conf), ("peer", peer, peer_conf))
 
     def both(command: str, i: int) -> None:
         """One CNI command for pod i, vpcni then the peer, timed."""
         for side, plugin, conf in sides:
             rc, doc, ms = run_plugin(
                 plugin, command, conf, container=f"bench{i}",
-                netns=f"/var/run/netns/vpcnibench-{side}{i}", pod=f"pod{i}",
+                netns=f"/var/run/netns/{TAG}-{side}{i}", pod=f"pod{i}",
             )  # fmt: skip
             if rc != 0:
                 raise RuntimeError(f"{side} {command} failed: {doc}")
@@ -95,7 +97,7 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
     try:
         for i in range(pods):
             for side, _, _ in sides:
-                _netns(f"vpcnibench-{side}{i}", add=True)
+                _netns(f"{TAG}-{side}{i}", add=True)
         for i in range(pods):
             both("ADD", i)
             started = time.perf_counter()
@@ -103,8 +105,10 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
             nsenter.append((time.perf_counter() - started) * 1000)
         for i in range(pods):
             both("DEL", i)
-        version_ours = [run_plugin([str(shim)], "VERSION", ours_conf, container="v", netns="",
+        version_ours = [run_plugin([str(plugin)], "VERSION", ours_conf, container="v", netns="",
                                    pod="v")[2] for _ in range(20)]  # fmt: skip
+        status_ours = [run_plugin([str(plugin)], "STATUS", ours_conf, container="s", netns="",
+                                  pod="s")[2] for _ in range(20)]  # fmt: skip
         version_peer = [run_plugin([str(PEER_DIR / "ptp")], "VERSION", peer_conf, container="v",
                                    netns="", pod="v")[2] for _ in range(20)]  # fmt: skip
     finally:
@@ -112,7 +116,7 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         agent.wait(timeout=30)
         for i in range(pods):
             for side in ("ours", "peer"):
-                _netns(f"vpcnibench-{side}{i}", add=False)
+                _netns(f"{TAG}-{side}{i}", add=False)
         _netns(PEER_HOST, add=False)
         subprocess.run([sys.executable, "-m", "agent.ctl", "sandbox", "down", node], check=False,
                        capture_output=True)  # fmt: skip
@@ -134,6 +138,7 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         "vpcni_version_ms": _median(version_ours),
         "peer_version_ms": _median(version_peer),
         "version_ratio": round(_median(version_ours) / _median(version_peer), 2),
+        "vpcni_status_ms": _median(status_ours),
     }
 
 

@@ -27,7 +27,8 @@ from agent.cloud.imds import ImdsClient
 from agent.ipam import instances
 from agent.ipam.planner import PoolSettings
 from agent.ipam.state import IPAMKey
-from agent.node import Node, NodeError, PodRequest
+from agent.node import Node
+from agent.pods import NodeError, PodRequest
 from agent.settings import Settings
 from datapath.port import NoDatapath
 

@@ -15,7 +15,8 @@ import pytest
 from agent.cloud.port import Throttled
 from agent.ipam import checkpoint, instances
 from agent.ipam.state import IPAMKey, Lease
-from agent.node import Node, NodeError, PodRequest
+from agent.node import Node
+from agent.pods import NodeError, PodRequest
 from agent.settings import Settings
 from datapath.port import NoDatapath, PodNetwork, WiredPod
 from tests import fakes
@@ -488,7 +489,7 @@ async def test_stop_is_prompt_right_after_a_wake_up(tmp_path: Path, yields: int)
 
     await asyncio.wait_for(n.stop(), timeout=5)
 
-    assert n._manager is not None and n._manager.done()
+    assert n.pool.task is not None and n.pool.task.done()
 
 
 class HeldDatapath(NoDatapath):

@@ -1,4 +1,4 @@
-"""The CNI API on the agent's Unix socket: the shim's requests in, CNI results out.
+"""The CNI API on the agent's Unix socket: the plugin's requests in, CNI results out.
 
 Validation happens here, before the node sees anything; every failure is a 4xx with a CNI error
 body `{"code", "msg", "details"}` (4 bad env, 6 decode, 7 invalid config, 3 unknown container,
@@ -16,7 +16,8 @@ from aiohttp import web
 
 from agent.api.keys import NODE
 from agent.ipam.state import IPAMKey
-from agent.node import Attachment, Node, NodeError, PodRequest
+from agent.node import Node
+from agent.pods import Attachment, NodeError, PodRequest
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 MAX_BODY = 64 * 1024

@@ -1,0 +1,229 @@
+"""The EC2 executor: carries out one planner decision through the EC2 and datapath ports.
+
+The planner decides (sans-IO); this room acts, records what happened and classifies failures
+(InsufficientCidrBlocks backs prefixes off, limits and not-found resync, anything else pauses
+the pool manager). It never decides what to do next.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from agent.cloud.port import (
+    Ec2Error,
+    Ec2Port,
+    EniSpec,
+    InsufficientCidr,
+    LimitExceeded,
+    NodeIdentity,
+    NotFound,
+)
+from agent.counters import Counters
+from agent.ipam.backoff import PrefixBackoff
+from agent.ipam.planner import (
+    Action,
+    AssignIps,
+    AssignPrefixes,
+    CreateEni,
+    Decision,
+    DeleteEni,
+    ReleaseBlocks,
+)
+from agent.ipam.state import Eni, NodeState
+from datapath.port import Datapath, EniLink
+
+log = logging.getLogger("vpcni.executor")
+
+# After EC2 throttles or fails an action (past the adapter's own retries), pool actions pause
+# 1 s, 2 s, 4 s ... (jittered, capped): waiting ADDs must not turn into a burst of calls into an
+# account that is already being throttled.
+EC2_PAUSE_FIRST = 1.0
+EC2_PAUSE_MAX = 30.0
+
+
+# Actions that grow the pool (an ADD waiting for an address waits on these).
+GROWING = (AssignPrefixes, AssignIps, CreateEni)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanRecord:
+    """One executed (or refused) planner decision, for introspection."""
+
+    at: float
+    action: str
+    reason: str
+    outcome: str
+    duration_ms: float
+
+
+def eni_link(eni: Eni) -> EniLink:
+    """What the datapath needs to know of an ENI."""
+    return EniLink(
+        eni_id=eni.id,
+        device_number=eni.device_number,
+        mac=eni.mac,
+        primary=eni.primary,
+        primary_ip=eni.primary_ip,
+        subnet_cidr=eni.subnet_cidr,
+    )
+
+
+class Ec2Executor:
+    """Runs decisions against EC2, updates the state with what EC2 answered."""
+
+    def __init__(
+        self,
+        *,
+        state: NodeState,
+        ec2: Ec2Port,
+        datapath: Datapath,
+        identity: NodeIdentity,
+        security_groups: tuple[str, ...],
+        backoff: PrefixBackoff,
+        counters: Counters,
+        resync: Callable[[], Awaitable[object]],
+        clock: Callable[[], float],
+        monotonic: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self.state = state
+        self.ec2 = ec2
+        self.datapath = datapath
+        self.identity = identity
+        self.security_groups = security_groups
+        self.backoff = backoff
+        self.counters = counters
+        self.resync = resync
+        self.clock = clock
+        self.monotonic = monotonic
+        self.rng = rng
+        self.plans: deque[PlanRecord] = deque(maxlen=50)
+        self.failures = 0  # consecutive failed actions (throttled, unavailable)
+        self.pause_until = 0.0  # monotonic; no pool action before it
+
+    def pause(self) -> float:
+        """Seconds until EC2 may be called again after a failure (0: now)."""
+        return max(self.pause_until - self.monotonic(), 0.0)
+
+    async def execute(self, decision: Decision) -> bool:
+        """Act on one decision; True when EC2 did what was asked."""
+        action = decision.action
+        assert action is not None
+        started = self.clock()
+        self.counters.plans += 1
+        outcome = "ok"
+        doing = "increaseDatastorePool" if isinstance(action, GROWING) else "decreaseDatastorePool"
+        try:
+            with self.counters.doing(doing):
+                await self._act(action)
+        except InsufficientCidr as e:
+            outcome = f"{e.code or 'InsufficientCidr'}: {e}"
+            if isinstance(action, AssignPrefixes | CreateEni) and (
+                isinstance(action, AssignPrefixes) or action.prefixes
+            ):
+                entry = self.backoff.record_failure(
+                    e.subnet_id or action.subnet_id, now=self.clock(), jitter=self.rng.random()
+                )
+                outcome += f"; prefixes back off {entry.until - self.clock():.1f}s"
+            self.counters.error("insufficient_cidr")
+        except (LimitExceeded, NotFound) as e:
+            outcome = f"{e.code or type(e).__name__}: {e}; resyncing from EC2"
+            self.counters.error(type(e).__name__)
+            await self.resync()
+        except Ec2Error as e:
+            self.failures += 1
+            pause = min(EC2_PAUSE_FIRST * 2 ** (self.failures - 1), EC2_PAUSE_MAX)
+            pause *= 0.5 + self.rng.random()
+            self.pause_until = self.monotonic() + pause
+            outcome = f"{e.code or type(e).__name__}: {e}; pool actions pause {pause:.1f}s"
+            self.counters.error("ec2")
+        else:
+            self.failures = 0
+            if isinstance(action, AssignPrefixes):
+                self.backoff.record_success(action.subnet_id)
+            if isinstance(action, CreateEni) and action.prefixes:
+                self.backoff.record_success(action.subnet_id)
+        if outcome != "ok":
+            self.counters.plan_errors += 1
+        record = PlanRecord(
+            at=started,
+            action=describe(action),
+            reason=decision.reason,
+            outcome=outcome,
+            duration_ms=(self.clock() - started) * 1000,
+        )
+        self.plans.append(record)
+        log.info(
+            "plan",
+            extra={"action": record.action, "reason": record.reason, "outcome": outcome},
+        )
+        return outcome == "ok"
+
+    async def _act(self, action: Action) -> None:
+        if isinstance(action, AssignPrefixes):
+            prefixes = await self.ec2.assign_prefixes(action.eni_id, action.count)
+            if action.eni_id in self.state.enis:
+                self.state.add_blocks(action.eni_id, prefixes)
+        elif isinstance(action, AssignIps):
+            ips = await self.ec2.assign_ips(action.eni_id, action.count)
+            if action.eni_id in self.state.enis:
+                self.state.add_blocks(action.eni_id, [IPv4Network(f"{ip}/32") for ip in ips])
+        elif isinstance(action, CreateEni):
+            view = await self.ec2.create_eni(
+                self.identity.instance_id,
+                EniSpec(
+                    subnet_id=action.subnet_id,
+                    security_groups=self.security_groups,
+                    ips=action.ips,
+                    prefixes=action.prefixes,
+                ),
+            )
+            eni = self.state.add_eni(view)
+            await self.datapath.add_eni(eni_link(eni))
+        elif isinstance(action, ReleaseBlocks):
+            await self._release_blocks(action)
+        else:
+            await self._delete_eni(action)
+
+    async def _release_blocks(self, action: ReleaseBlocks) -> None:
+        # Take the blocks out of the state before awaiting EC2 so no ADD leases from them.
+        for cidr in action.cidrs:
+            self.state.remove_block(action.eni_id, cidr)
+        try:
+            await self.ec2.unassign(
+                action.eni_id,
+                ips=[c.network_address for c in action.cidrs if c.prefixlen == 32],
+                prefixes=[c for c in action.cidrs if c.prefixlen == 28],
+            )
+        except Ec2Error as e:
+            if not isinstance(e, NotFound) and action.eni_id in self.state.enis:
+                self.state.add_blocks(action.eni_id, action.cidrs)
+            raise
+
+    async def _delete_eni(self, action: DeleteEni) -> None:
+        eni = self.state.enis.get(action.eni_id)
+        if eni is None:
+            return
+        link = eni_link(eni)
+        self.state.remove_eni(action.eni_id)
+        await self.datapath.remove_eni(link)
+        await self.ec2.delete_eni(action.eni_id)
+
+
+def describe(action: Action) -> str:
+    """A one-line, human form of an action (introspection, logs)."""
+    if isinstance(action, AssignPrefixes):
+        return f"assign {action.count} prefix(es) to {action.eni_id}"
+    if isinstance(action, AssignIps):
+        return f"assign {action.count} IP(s) to {action.eni_id}"
+    if isinstance(action, CreateEni):
+        what = f"{action.prefixes} prefix(es)" if action.prefixes else f"{action.ips} IP(s)"
+        return f"create ENI in {action.subnet_id} with {what}"
+    if isinstance(action, ReleaseBlocks):
+        return f"release {', '.join(map(str, action.cidrs))} from {action.eni_id}"
+    return f"delete {action.eni_id}"

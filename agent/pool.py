@@ -1,0 +1,131 @@
+"""The pool manager: asks the planner what to do and hands each decision to the executor.
+
+One decision in flight at a time. Rounds run on wake-ups (an ADD found the pool short, a DEL
+freed an address) and on a jittered period; after an EC2 failure they wait out the executor's
+pause, wake-ups included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+
+from agent.counters import Counters
+from agent.executor import Ec2Executor
+from agent.ipam.backoff import PrefixBackoff
+from agent.ipam.planner import Decision, Limits, plan
+from agent.ipam.state import NodeState
+from agent.resync import Resync
+from agent.settings import Settings
+
+log = logging.getLogger("vpcni.pool")
+
+
+class PoolManager:
+    """Runs planner decisions until there is nothing to do; ADDs wait on its progress."""
+
+    def __init__(
+        self,
+        *,
+        state: NodeState,
+        settings: Settings,
+        limits: Limits,
+        backoff: PrefixBackoff,
+        executor: Ec2Executor,
+        resync: Resync,
+        counters: Counters,
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self.state = state
+        self.settings = settings
+        self.limits = limits
+        self.backoff = backoff
+        self.executor = executor
+        self.resync = resync
+        self.counters = counters
+        self.clock = clock
+        self.rng = rng
+        self.last_decision: Decision | None = None
+        self.waiting = 0  # ADDs waiting for an address: demand the planner sizes growth by
+        self.changed = asyncio.Condition()  # notified after every executed action
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the manager's loop and run a round now: a node that restarts with pods to
+        place must not make their ADDs wait for the first timer tick."""
+        self._task = asyncio.create_task(self._run(), name="pool-manager")
+        self.wake()
+
+    async def stop(self) -> None:
+        """Stop after the action in flight (if any)."""
+        self._closing = True
+        if self._task is not None:
+            # The flag, not only the cancel: on Python 3.11 `wait_for` swallows a cancel that
+            # lands just as its inner wait finishes (a wake-up), and the manager would then
+            # sleep a whole period before SIGTERM can finish.
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The manager's loop (None before start)."""
+        return self._task
+
+    def wake(self) -> None:
+        """Ask for a round soon."""
+        self._wake.set()
+
+    def decide(self) -> Decision:
+        """What the planner would do now."""
+        return plan(
+            self.state,
+            self.settings.pool,
+            self.limits,
+            backoff=self.backoff,
+            now=self.clock(),
+            pending=self.waiting,
+        )
+
+    async def _run(self) -> None:
+        while not self._closing:
+            period = self.settings.pool_period * (0.8 + 0.4 * self.rng.random())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=period)
+            pause = self.executor.pause()
+            if pause > 0:  # EC2 asked us to slow down: wake-ups wait too
+                await asyncio.sleep(pause)
+            self._wake.clear()
+            if self._closing:
+                return
+            try:
+                if self.resync.due():
+                    await self.resync.resync()
+                await self.run_rounds()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the manager must outlive any single failure
+                log.exception("pool round failed")
+                self.counters.error("pool_round")
+
+    async def run_rounds(self, limit: int = 20) -> int:
+        """Execute decisions until the planner has nothing to do (bounded); returns actions."""
+        done = 0
+        for _ in range(limit):
+            decision = self.decide()
+            self.last_decision = decision
+            if decision.action is None:
+                return done
+            ok = await self.executor.execute(decision)
+            done += 1
+            async with self.changed:
+                self.changed.notify_all()
+            if not ok:
+                return done
+        return done
