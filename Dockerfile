@@ -46,6 +46,20 @@ RUN apt-get update \
  && mv /out/lib /out/usr/lib \
  && rm -rf /out/usr/share /out/usr/src/*/Module.symvers /var/lib/apt/lists/*
 
+# The vpcni CNI plugin: a static Go binary (standard library only, nothing to download), the
+# same build as `make plugin`.
+FROM debian:bookworm-slim AS plugin
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends golang-go \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml ./
+COPY plugin ./plugin
+RUN version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) \
+ && cd plugin \
+ && CGO_ENABLED=0 GOFLAGS= GOPROXY=off GOCACHE=/tmp/gocache GOPATH=/tmp/gopath \
+    go build -trimpath -ldflags "-s -w -X main.version=$version" -o /out/vpcni .
+
 # loopback and portmap: containerd's CRI needs the first, hostPort the second (chained).
 FROM debian:bookworm-slim AS cni
 RUN apt-get update \
@@ -61,13 +75,15 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/*.log
 # /usr only: /lib is a symlink to usr/lib in the base (merged /usr), a copy must not replace it.
 COPY --from=headers /out/usr/ /usr/
-COPY --from=cni /usr/lib/cni/loopback /usr/lib/cni/portmap /opt/vpcni/cni/
+# Where deploy/install-cni.sh looks for the plugins it puts on the node.
+COPY --from=plugin /out/vpcni /opt/vpcni/
+COPY --from=cni /usr/lib/cni/loopback /usr/lib/cni/portmap /usr/lib/cni/
 COPY --from=python /opt/venv /opt/venv
 # bcc's Python side is ctypes over Debian's libbcc: link only that package into the venv
 # (all of dist-packages would shadow the venv's own), as scripts/bootstrap.sh does.
 RUN ln -s /usr/lib/python3/dist-packages/bcc \
       "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc"
-COPY deploy/10-vpcni.conflist deploy/install-cni.sh deploy/entrypoint.sh /opt/vpcni/
+COPY deploy/10-vpcni.conflist deploy/install-cni.sh deploy/entrypoint.sh deploy/node-init.sh /opt/vpcni/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 ENTRYPOINT ["/opt/vpcni/entrypoint.sh"]
