@@ -111,9 +111,30 @@ def test_validation_catches_a_wrong_field() -> None:
         kubernetes_validate.validate(ds, KUBERNETES_VERSION, strict=True)
 
 
-def test_every_deploy_yaml_is_in_the_base_kustomization() -> None:
+def test_every_deploy_yaml_is_in_the_base_kustomization_or_uninstalls() -> None:
     listed = set(yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"])
-    assert {p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml"} == listed
+    files = {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml", "uninstall.yaml"}
+    assert files == listed
+
+
+def test_uninstall_daemonset_is_valid_and_mounts_what_the_agent_did() -> None:
+    [ds] = [d for d in yaml.safe_load_all((DEPLOY / "uninstall.yaml").read_text()) if d]
+    kubernetes_validate.validate(ds, KUBERNETES_VERSION, strict=True)
+    pod = ds["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    assert init["command"] == ["vpcni-ctl", "uninstall"]
+    assert init["securityContext"]["privileged"] is True and pod["hostNetwork"] is True
+
+    def mounts(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+        paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"]}
+        return {paths[m["name"]]: m["mountPath"] for m in container["volumeMounts"]}
+
+    agent_pod = daemonset()["spec"]["template"]["spec"]
+    agent_mounts = mounts(agent_pod, agent_pod["containers"][0])
+    used = mounts(pod, init)
+    assert set(used) == {"/opt/cni/bin", "/etc/cni/net.d", "/run/vpcni", "/sys/fs/bpf"}
+    assert all(agent_mounts[host] == inside for host, inside in used.items())
+    assert init["image"] == agent_pod["containers"][0]["image"]
 
 
 def test_custom_networking_overlay_turns_it_on_by_zone() -> None:
