@@ -44,9 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line; the exit status is the probe's verdict."""
     parser = argparse.ArgumentParser(prog="python -m agent.probe", description=__doc__)
     parser.add_argument("check", choices=sorted(PATHS))
-    parser.add_argument(
-        "--socket", default=os.environ.get("VPCNI_SOCKET", "/run/vpcni/agent.sock")
-    )
+    parser.add_argument("--socket", default=os.environ.get("VPCNI_SOCKET", "/run/vpcni/agent.sock"))
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     args = parser.parse_args(argv)
     ok, message = probe(args.socket, PATHS[args.check], args.timeout)
