@@ -26,11 +26,13 @@ RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
 COPY agent ./agent
 COPY datapath ./datapath
 # No network here (the build backend came with the dependencies); pip and setuptools only
-# install, the running agent needs neither.
+# install, the running agent needs neither. Bytecode compiled once here (hash-checked, so layer
+# mtimes do not matter): the agent and every exec probe would otherwise compile at each start.
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \
       --no-build-isolation . \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools \
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + \
+ && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib
 
 # Kernel headers for bcc, without the compiler and kbuild the header package depends on (bcc
 # brings its own clang), and with only this architecture's arch/ tree.
