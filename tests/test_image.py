@@ -14,6 +14,7 @@ Root only; builds the image first if needed (scripts/image.sh caches the base an
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -45,6 +46,7 @@ start_containerd = runtime.start_containerd
 REPO = Path(__file__).resolve().parent.parent
 TAR = REPO / "build" / "vpcni-image.tar"
 NODE = f"vpi{os.getpid()}"
+CONTAINERS = itertools.count()
 
 
 def daemonset() -> dict[str, Any]:
@@ -96,7 +98,7 @@ class Pod:
 
     def __init__(self, ctd: Any, image: str, dirs: dict[str, Path], env: dict[str, str]) -> None:
         self.ctd = ctd
-        self.id = f"vpcni-{os.getpid()}-{len(env)}"
+        self.id = f"vpcni-{os.getpid()}-{next(CONTAINERS)}"
         pod = daemonset()["spec"]["template"]["spec"]
         [self.spec] = pod["containers"]
         assert self.spec["securityContext"]["privileged"] is True
@@ -211,3 +213,36 @@ def test_image_compiles_the_bpf_programs(
     finally:
         status = pod.stop()
     assert status == 0, pod.tail()
+
+
+def test_init_container_sets_what_the_datapath_needs(
+    image: str, start_containerd: Any, host_netns: str, node_dirs: dict[str, Path]
+) -> None:
+    # The "node" gets a primary ENI with the default route, strict rp_filter to start with.
+    for cmd in (
+        ["link", "add", "eth0", "type", "veth", "peer", "name", "vpc0"],
+        ["link", "set", "eth0", "up"],
+        ["addr", "add", "10.9.0.2/24", "dev", "eth0"],
+        ["route", "add", "default", "via", "10.9.0.1"],
+    ):
+        subprocess.run(["ip", "-n", NODE, *cmd], check=True)
+    rp_filter = "/proc/sys/net/ipv4/conf/eth0/rp_filter"
+    subprocess.run(["ip", "netns", "exec", NODE, "sh", "-c", f"echo 1 > {rp_filter}"], check=True)
+    ctd = start_containerd(netns=host_netns)
+    ctd.import_image(TAR)
+    pod = daemonset()["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    assert init["securityContext"]["privileged"] is True
+    paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    args = ["--rm", "--privileged", "--net-host"]
+    for mount in init["volumeMounts"]:
+        src = node_dirs[paths[mount["name"]]]
+        args += ["--mount", f"type=bind,src={src},dst={mount['mountPath']},options=rbind:rw"]
+    done = ctd.ctr("run", *args, image, f"init-{os.getpid()}", *init["command"], check=False)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    # /sys/fs/bpf was a plain directory: it got a bpffs; the default route's device got loose.
+    assert "mounted bpffs on /sys/fs/bpf" in done.stdout
+    assert "net.ipv4.conf.eth0.rp_filter=2" in done.stdout
+    value = subprocess.run(["ip", "netns", "exec", NODE, "cat", rp_filter], capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    assert value.strip() == "2"
