@@ -10,6 +10,8 @@ of the test's own (containerd runs in it, so `--net-host` means that netns).
   kernel mode), on a bpffs of the container's own.
 
 Root only; builds the image first if needed (scripts/image.sh caches the base and layers).
+containerd comes from the `start_containerd` fixture (tests/containerd_runtime.py), which skips
+with its reason where containerd cannot run.
 """
 
 from __future__ import annotations
@@ -36,12 +38,6 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(not ROOT, reason="needs root: containerd, runc, privileged containers"),
 ]
-runtime = pytest.importorskip(
-    "tests.containerd_runtime", reason="needs the containerd fixture (tests/containerd_runtime.py)"
-)
-# The containerd fixtures, in case conftest.py does not load them for every module.
-pause_image = runtime.pause_image
-start_containerd = runtime.start_containerd
 
 REPO = Path(__file__).resolve().parent.parent
 TAR = REPO / "build" / "vpcni-image.tar"
