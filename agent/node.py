@@ -4,6 +4,7 @@
 - `agent.pool`: the pool manager (planner decisions, one at a time)
 - `agent.executor`: carries a decision out through EC2 and the datapath
 - `agent.resync`: EC2 resync and leaked-ENI cleanup
+- `agent.reconcile`: releases the leases of pods that are gone (lost DELs)
 Decisions are the core's (`agent.ipam.planner.plan`); nothing here decides pool sizes.
 """
 
@@ -27,8 +28,10 @@ from agent.ipam.instances import InstanceType
 from agent.ipam.maxpods import max_pods
 from agent.ipam.planner import Decision, Limits, prefix_mode
 from agent.ipam.state import AddressInUse, IPAMKey, Lease, NodeState, ReconcileReport
+from agent.ipam.subnets import PrefixReport
 from agent.pods import Attachment, NodeError, PodRequest, Pods
 from agent.pool import PoolManager
+from agent.reconcile import LeaseReconcile
 from agent.resync import Resync
 from agent.settings import Settings
 from agent.store import CheckpointStore
@@ -84,6 +87,8 @@ class Node:
             new_eni_subnet=new_eni_subnet or identity.subnet_id,
         )
         self.counters = Counters()
+        # The last prefix report per subnet (GET /v1/subnets), for the metrics.
+        self.subnet_reports: dict[str, PrefixReport] = {}
         self.resyncer = Resync(
             state=self.state,
             ec2=ec2,
@@ -105,6 +110,8 @@ class Node:
             clock=clock,
             monotonic=_monotonic,
             rng=self.rng,
+            subnet_discovery=settings.subnet_discovery and not settings.pool.custom_networking,
+            cluster_name=settings.cluster_name,
         )
         self.pool = PoolManager(
             state=self.state,
@@ -127,6 +134,9 @@ class Node:
             prefer_prefixes=prefix_mode(settings.pool, instance),
             clock=clock,
             monotonic=_monotonic,
+        )
+        self.reconcile = LeaseReconcile(
+            state=self.state, pods=self.pods, datapath=datapath, counters=self.counters
         )
         self.ready = False
         self.accepting = True
@@ -170,11 +180,13 @@ class Node:
                 "leases_dropped": dropped,
             },
         )
-        await self.datapath.start([eni_link(e) for e in self.state.enis.values()])
+        # ENIs that are not vpcni's (trunk, EFA, no_manage, other cards) get no datapath.
+        await self.datapath.start([eni_link(e) for e in self.state.enis.values() if e.is_managed()])
         # A fresh generation: one snapshot of what was restored, an empty journal.
         await self.store.open()
         if self.settings.leaked_eni_cleanup and self.settings.cloud == "aws":
             self.pods.spawn(self.resyncer.cleanup_leaked())
+        await self.reconcile.start()
         self.pool.start()
         self.ready = True
         return report
@@ -254,6 +266,7 @@ class Node:
         self.accepting = False
         if self.pods.background:
             await asyncio.wait(self.pods.background, timeout=10)
+        await self.reconcile.stop()
         await self.pool.stop()
         await self.store.close()
         await self.datapath.close()

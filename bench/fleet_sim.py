@@ -483,7 +483,8 @@ class SimNode:
         self.state.reconcile(views)
 
     def _view(self, eni: ModelEni) -> EniView:
-        assert eni.attachment is not None
+        # The simulation attaches only vpcni's own interfaces, which always have an address.
+        assert eni.attachment is not None and eni.primary_ip is not None
         return EniView(
             id=eni.id,
             device_number=eni.attachment.device_index,
