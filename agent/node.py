@@ -4,6 +4,7 @@
 - `agent.pool`: the pool manager (planner decisions, one at a time)
 - `agent.executor`: carries a decision out through EC2 and the datapath
 - `agent.resync`: EC2 resync and leaked-ENI cleanup
+- `agent.reconcile`: releases the leases of pods that are gone (lost DELs)
 Decisions are the core's (`agent.ipam.planner.plan`); nothing here decides pool sizes.
 """
 
@@ -30,6 +31,7 @@ from agent.ipam.planner import Decision, Limits, prefix_mode
 from agent.ipam.state import AddressInUse, Lease, NodeState, ReconcileReport
 from agent.pods import Attachment, NodeError, PodRequest, Pods
 from agent.pool import PoolManager
+from agent.reconcile import LeaseReconcile
 from agent.resync import Resync
 from agent.settings import Settings
 from agent.store import CheckpointStore, StoreError
@@ -129,6 +131,9 @@ class Node:
             clock=clock,
             monotonic=_monotonic,
         )
+        self.reconcile = LeaseReconcile(
+            state=self.state, pods=self.pods, datapath=datapath, counters=self.counters
+        )
         self.ready = False
         self.accepting = True
         # Set when custom networking follows the ENIConfig in the Kubernetes API.
@@ -176,6 +181,7 @@ class Node:
             await self.store.commit()
         if self.settings.leaked_eni_cleanup and self.settings.cloud == "aws":
             self.pods.spawn(self.resyncer.cleanup_leaked())
+        await self.reconcile.start()
         self.pool.start()
         self.ready = True
         return report
@@ -216,6 +222,7 @@ class Node:
         self.accepting = False
         if self.pods.background:
             await asyncio.wait(self.pods.background, timeout=10)
+        await self.reconcile.stop()
         await self.pool.stop()
         with contextlib.suppress(StoreError):
             await self.store.commit()

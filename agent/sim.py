@@ -228,6 +228,12 @@ class SandboxedDatapath:
     async def check(self, pod: PodNetwork) -> list[str]:
         return await self.inner.check(pod)
 
+    async def present(self, pods: Sequence[PodNetwork]) -> list[bool]:
+        return await self.inner.present(pods)
+
+    async def settle(self) -> None:
+        await self.inner.settle()
+
     def status(self) -> Mapping[str, Any]:
         return {
             **self.inner.status(),

@@ -37,6 +37,12 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2)
 
 
+def _cpu_ms(pid: int) -> float:
+    """CPU time (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def _start_agent(work: Path, datapath: str, node: str) -> tuple[subprocess.Popen[bytes], str]:
     introspection = f"127.0.0.1:{free_port()}"
     env = {
@@ -98,13 +104,17 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         for i in range(pods):
             for side, _, _ in sides:
                 _netns(f"{TAG}-{side}{i}", add=True)
+        cpu = _cpu_ms(agent.pid)
         for i in range(pods):
             both("ADD", i)
             started = time.perf_counter()
             subprocess.run(["nsenter", f"--net=/var/run/netns/{PEER_HOST}", "true"], check=True)
             nsenter.append((time.perf_counter() - started) * 1000)
+        add_cpu = _cpu_ms(agent.pid) - cpu
         for i in range(pods):
             both("DEL", i)
+        time.sleep(0.5)  # veths are deleted in the background: count that work too
+        del_cpu = _cpu_ms(agent.pid) - cpu - add_cpu
         version_ours = [run_plugin([str(plugin)], "VERSION", ours_conf, container="v", netns="",
                                    pod="v")[2] for _ in range(20)]  # fmt: skip
         status_ours = [run_plugin([str(plugin)], "STATUS", ours_conf, container="s", netns="",
@@ -135,6 +145,10 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         "peer_del_ms": round(peer_del, 2),
         "del_ratio": round(ours_del / peer_del, 2),
         "nsenter_ms": base,
+        # The agent process's CPU (all threads, incl. the sandbox's VPC router upkeep in
+        # --cloud sim) per ADD and per DEL, from /proc/<pid>/stat.
+        "vpcni_agent_cpu_per_add_ms": round(add_cpu / pods, 2),
+        "vpcni_agent_cpu_per_del_ms": round(del_cpu / pods, 2),
         "vpcni_version_ms": _median(version_ours),
         "peer_version_ms": _median(version_peer),
         "version_ratio": round(_median(version_ours) / _median(version_peer), 2),

@@ -261,6 +261,7 @@ async def test_unwire_is_total_over_200_cycles(datapath: Datapath, node: Node) -
         await datapath.wire(pod)
         await datapath.unwire(pod)
     await datapath.unwire(pod)  # again: nothing there is fine
+    await datapath.settle()
     assert changes(host_before, residue(node.box.name)) == {}
     assert changes(pod_before, residue(pod.netns)) == {}
     if datapath.mode == "bpf":
