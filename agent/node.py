@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from agent import adopt
 from agent.cloud.port import Ec2Port, NodeIdentity
 from agent.counters import Counters
 from agent.executor import GROWING, Ec2Executor, PlanRecord, eni_link
@@ -167,7 +168,15 @@ class Node:
 
     async def _start(self) -> ReconcileReport:
         report = await self.resyncer.initial()
+        first_start = not self.settings.checkpoint_path.exists()
         restored, dropped = self._restore()
+        # A node aws-node managed: its pods keep their addresses (after EC2's blocks are in),
+        # and our checkpoint marks the switch done.
+        adopted = (
+            first_start
+            and adopt.adopt_aws_node(self.state, self.settings.aws_node_checkpoint, self.counters)
+            is not None
+        )
         log.info(
             "state restored",
             extra={
@@ -177,7 +186,7 @@ class Node:
             },
         )
         await self.datapath.start([eni_link(e) for e in self.state.enis.values()])
-        if dropped:
+        if dropped or adopted:
             await self.store.commit()
         if self.settings.leaked_eni_cleanup and self.settings.cloud == "aws":
             self.pods.spawn(self.resyncer.cleanup_leaked())

@@ -1,0 +1,152 @@
+"""Switching a node from the VPC CNI (aws-node) to vpcni in place, without draining it.
+
+At the first start on a node aws-node managed (vpcni has no checkpoint of its own yet), the
+pods aws-node wired keep running: their addresses are in aws-node's checkpoint (the same
+`vpc-cni-ipam/1` format as vpcni's, network name `aws-cni`). After the EC2 read, every one of
+those leases whose address is in a block EC2 says this node has is restored, so no address an
+adopted pod holds is handed out again; the others are logged and counted, never guessed at.
+The pods' wiring (host veth `eni` + sha1 of "<ns>.<pod>", /32 route, rules 512 and 1536) is
+left as it is: DEL and CHECK find it by that legacy name (datapath.wiring.owned_link), and a
+DEL whose network name is vpcni's falls back to the `aws-cni` lease (`aws_node_key`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.counters import Counters
+from agent.ipam import checkpoint
+from agent.ipam.state import AddressInUse, IPAMKey, Lease, NodeState
+
+log = logging.getLogger("vpcni.adopt")
+
+# The network name in aws-node's conflist, hence in its leases' keys.
+AWS_NODE_NETWORK = "aws-cni"
+
+
+@dataclass(frozen=True, slots=True)
+class Adoption:
+    """What `adopt_leases` took over, and what it left with the reason."""
+
+    adopted: tuple[Lease, ...]
+    skipped: tuple[tuple[Lease, str], ...]
+
+
+def adopt_leases(state: NodeState, leases: Iterable[Lease]) -> Adoption:
+    """Restore each lease whose address is in one of the node's blocks and held by no one.
+
+    Runs after EC2's ENIs and blocks are in `state`; never changes a lease already there."""
+    adopted: list[Lease] = []
+    skipped: list[tuple[Lease, str]] = []
+    for lease in leases:
+        held = state.lease_by_ip(lease.ip)
+        if held is not None:
+            why = f"{lease.ip} is already leased to {held.key.container_id}"
+        elif state.lease(lease.key) is not None:
+            why = "its key already holds another address"
+        else:
+            try:
+                ok = state.restore(lease)
+            except AddressInUse as e:
+                ok, why = False, str(e)
+            else:
+                why = f"{lease.ip} is in no block EC2 gives this node (or is an ENI's own)"
+            if ok:
+                adopted.append(state.lease(lease.key) or lease)
+                continue
+        skipped.append((lease, why))
+    return Adoption(tuple(adopted), tuple(skipped))
+
+
+def adopt_aws_node(state: NodeState, path: Path | None, counters: Counters) -> Adoption | None:
+    """Read aws-node's checkpoint at `path` and adopt its leases (see `adopt_leases`), logging
+    loudly what was taken over; None when there is no such file (no aws-node was here), and
+    an unreadable one adopts nothing."""
+    none = Adoption((), ())
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.error("aws-node checkpoint unreadable", extra={"path": str(path), "error": str(e)})
+        counters.error("aws_node_checkpoint")
+        return none
+    try:
+        leases = checkpoint.decode(data)
+    except checkpoint.CheckpointError as e:
+        log.error("aws-node checkpoint unreadable", extra={"path": str(path), "error": str(e)})
+        counters.error("aws_node_checkpoint")
+        return none
+    done = adopt_leases(state, leases)
+    for lease in done.adopted:
+        log.warning(
+            "ADOPTED aws-node pod: its address stays leased, its wiring stays in place",
+            extra={
+                "ip": str(lease.ip),
+                "pod": f"{lease.pod_namespace}/{lease.pod_name}",
+                "container_id": lease.key.container_id,
+                "eni": lease.eni_id,
+            },
+        )
+    for lease, why in done.skipped:
+        log.error(
+            f"aws-node lease NOT adopted: {why}",
+            extra={
+                "ip": str(lease.ip),
+                "pod": f"{lease.pod_namespace}/{lease.pod_name}",
+                "container_id": lease.key.container_id,
+            },
+        )
+    counters.leases_adopted += len(done.adopted)
+    counters.leases_not_adopted += len(done.skipped)
+    log.warning(
+        "switched from aws-node: its leases adopted",
+        extra={"path": str(path), "adopted": len(done.adopted), "skipped": len(done.skipped)},
+    )
+    return done
+
+
+def aws_node_key(key: IPAMKey) -> IPAMKey:
+    """The key aws-node leased the same attachment under: after the switch the runtime sends
+    DEL and CHECK with vpcni's network name, aws-node's lease has `aws-cni`."""
+    return IPAMKey(AWS_NODE_NETWORK, key.container_id, key.ifname)
+
+
+# aws-node's network config, and the name it is kept under once vpcni's is in place: libcni
+# loads only *.conf, *.conflist and *.json, so the runtime no longer sees it.
+AWS_NODE_CONFLIST = "10-aws.conflist"
+RETIRED_SUFFIX = ".vpcni-retired"
+
+
+def retire_aws_node_conflist(conf_dir: Path) -> Path | None:
+    """Move aws-node's conflist aside (one atomic rename, so a runtime sees it or vpcni's,
+    never neither); called once vpcni's is written. The new path, or None if there was none."""
+    source = conf_dir / AWS_NODE_CONFLIST
+    retired = conf_dir / (AWS_NODE_CONFLIST + RETIRED_SUFFIX)
+    try:
+        os.rename(source, retired)
+    except FileNotFoundError:
+        return None
+    log.warning(
+        "aws-node's CNI config retired: `vpcni-ctl uninstall --restore-aws-node` puts it back",
+        extra={"from": str(source), "to": str(retired)},
+    )
+    return retired
+
+
+def restore_aws_node_conflist(conf_dir: Path) -> Path | None:
+    """Put a retired aws-node conflist back (before vpcni's is removed, so the runtime always
+    has a network); its path, or None if none was retired here."""
+    retired = conf_dir / (AWS_NODE_CONFLIST + RETIRED_SUFFIX)
+    restored = conf_dir / AWS_NODE_CONFLIST
+    try:
+        os.rename(retired, restored)
+    except FileNotFoundError:
+        return None
+    return restored
