@@ -12,6 +12,7 @@ DEL whose network name is vpcni's falls back to the `aws-cni` lease (`aws_node_k
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -110,6 +111,30 @@ def adopt_aws_node(state: NodeState, path: Path | None, counters: Counters) -> A
         extra={"path": str(path), "adopted": len(done.adopted), "skipped": len(done.skipped)},
     )
     return done
+
+
+def aws_node_checkpoint(leases: Iterable[Lease]) -> bytes:
+    """aws-node's checkpoint for switching back: every lease under aws-node's network name, so
+    the DELs its plugin sends find them. At start aws-node drops (and unroutes) a lease whose pod
+    has no host veth named from its namespace and name, and vpcni names its own veths by
+    attachment key: only adopted leases (network `aws-cni`, veths of aws-node's naming) keep
+    theirs; without them aws-node keeps a lease unchecked."""
+    allocations = [
+        {
+            "networkName": AWS_NODE_NETWORK,
+            "containerID": lease.key.container_id,
+            "ifName": lease.key.ifname,
+            "ipv4": str(lease.ip),
+            "allocationTimestamp": int(lease.assigned_at * 1e9),
+            "metadata": (
+                {"k8sPodNamespace": lease.pod_namespace, "k8sPodName": lease.pod_name}
+                if lease.key.network_name == AWS_NODE_NETWORK
+                else {}
+            ),
+        }
+        for lease in sorted(leases, key=lambda item: item.key)
+    ]
+    return json.dumps({"version": checkpoint.VERSION, "allocations": allocations}).encode()
 
 
 def aws_node_key(key: IPAMKey) -> IPAMKey:

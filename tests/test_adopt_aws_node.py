@@ -42,8 +42,8 @@ def sh(*cmd: str) -> str:
     return done.stdout
 
 
-def ping(netns: str, dst: str) -> bool:
-    cmd = ["ip", "netns", "exec", netns, "ping", "-c", "2", "-W", "1", "-i", "0.2", dst]
+def ping(netns: str, dst: str, count: int = 2) -> bool:
+    cmd = ["ip", "netns", "exec", netns, "ping", "-c", str(count), "-W", "1", "-i", "0.2", dst]
     return subprocess.run(cmd, capture_output=True, timeout=30, check=False).returncode == 0
 
 
@@ -76,6 +76,12 @@ def wire_like_aws_node(netns: str, pod: str, ip: str, device_number: int) -> str
     sh("ip", "-n", f"{NODE}-vpc", "neigh", "replace", ip, "lladdr", eni_mac, "dev", f"to-{eni}",
        "nud", "permanent")  # fmt: skip
     return veth
+
+
+def eni_tx_packets() -> int:
+    """Packets the node's ENIs sent to the VPC, all of them."""
+    links = json.loads(sh("ip", "-j", "-s", "-n", NODE, "link", "show"))
+    return sum(link["stats64"]["tx"]["packets"] for link in links if link["ifname"][:3] == "eth")
 
 
 def node_state() -> tuple[set[str], list[str], str]:
@@ -209,12 +215,19 @@ def test_switch_from_aws_node_in_place_and_back(
         rc, result = cni("ADD", name, netns=f"/var/run/netns/{name}")
         assert rc == 0, result
         ips[name] = address(result)
+    if mode == "bpf":  # new pods are vpcni's: endpoint entries; adopted ones stay kernel
+        endpoints = set(agent.get("/v1/datapath")["pods"])
+        assert {ips[name] for name in fresh} <= endpoints and not endpoints & set(adopted)
     leased = [pod["ip"] for pod in agent.get("/v1/pods")]
     assert len(leased) == len(set(leased)) == 13
     assert not {ips[name] for name in fresh} & set(adopted)
     for new in (fresh[0], fresh[-1]):  # the last one is on the second ENI
         for old in (pods[0], pods[4]):
-            assert ping(new, ips[old]) and ping(old, ips[new]), (new, old)
+            sent = eni_tx_packets()
+            assert ping(new, ips[old], 5) and ping(old, ips[new], 5), (new, old)
+            # Node-local both ways: the 10 echoes did not go out to the VPC and back (a stray
+            # neighbour probe on an ENI may).
+            assert eni_tx_packets() - sent < 5, (new, old)
 
     # A DEL of an adopted pod releases its address and removes aws-node's wiring of it.
     gone, gone_ip = pods[4], ips[pods[4]]
@@ -236,9 +249,18 @@ def test_switch_from_aws_node_in_place_and_back(
     bin_dir.mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "agent.ctl", "uninstall", "--restore-aws-node",
-         "--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir)],
+         "--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir),
+         "--checkpoint", str(agent.state_dir / "ipam.json"),
+         "--aws-node-checkpoint", str(aws_dir / "ipam.json")],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert [p.name for p in conf_dir.iterdir()] == [AWS_NODE_CONFLIST]
     assert json.loads((conf_dir / AWS_NODE_CONFLIST).read_text()) == AWS_CONFLIST
+    # aws-node starts knowing every address in use, each under its own network name.
+    handed = json.loads((aws_dir / "ipam.json").read_text())["allocations"]
+    assert {entry["ipv4"] for entry in handed} == {ips[name] for name in [*pods[:4], *fresh]}
+    assert {entry["networkName"] for entry in handed} == {AWS_NODE_NETWORK}
+    # Only pods aws-node wired keep the names it checks their veths by at start.
+    named = {entry["containerID"] for entry in handed if entry["metadata"]}
+    assert named == set(pods[:4])

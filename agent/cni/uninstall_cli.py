@@ -1,6 +1,9 @@
-"""`vpcni-ctl uninstall`: take vpcni's network config and plugin off the node; with
-`--restore-aws-node`, put back the aws-node conflist vpcni retired when it took over
-(agent.adopt), before vpcni's goes, so the runtime always has a network."""
+"""`vpcni-ctl uninstall`: take vpcni's network config and plugin off the node.
+
+With `--restore-aws-node` (switching back, the agent stopped) it first hands vpcni's leases to
+aws-node (its checkpoint, see `agent.adopt.aws_node_checkpoint`), so aws-node starts knowing
+every address in use, then puts back the aws-node conflist vpcni retired when it took over,
+before vpcni's goes, so the runtime always has a network config."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from pathlib import Path
 
 from agent import adopt
 from agent.cni import install
+from agent.ipam import checkpoint
+from agent.store import write_atomic
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
@@ -22,7 +27,20 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--restore-aws-node",
         action="store_true",
-        help=f"put {adopt.AWS_NODE_CONFLIST} back first (switching back to aws-node)",
+        help=f"hand the leases to aws-node and put {adopt.AWS_NODE_CONFLIST} back first",
+    )
+    state_dir = Path(os.environ.get("VPCNI_STATE_DIR") or "/var/run/vpcni")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path(os.environ.get("AWS_VPC_K8S_CNI_BACKING_STORE") or state_dir / "ipam.json"),
+        help="vpcni's checkpoint (the agent must be stopped)",
+    )
+    parser.add_argument(
+        "--aws-node-checkpoint",
+        type=Path,
+        default=Path(os.environ.get("VPCNI_AWS_NODE_CHECKPOINT") or "/var/run/aws-node/ipam.json"),
+        help="aws-node's checkpoint, written from vpcni's",
     )
     parser.set_defaults(handler=run)
 
@@ -32,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
     config when there is none to restore), then remove vpcni's conflist and plugin."""
     conf_dir: Path = args.conf_dir
     if args.restore_aws_node:
+        try:
+            handed = hand_leases_back(args.checkpoint, args.aws_node_checkpoint)
+        except (OSError, checkpoint.CheckpointError) as e:
+            print(f"vpcni uninstall: {e}; nothing changed", file=sys.stderr)
+            return 1
+        print(f"vpcni uninstall: {handed} leases written to {args.aws_node_checkpoint}")
         restored = adopt.restore_aws_node_conflist(conf_dir)
         if restored is not None:
             print(f"vpcni uninstall: restored {restored}")
@@ -51,3 +75,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"vpcni uninstall: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def hand_leases_back(ours: Path, theirs: Path) -> int:
+    """Write aws-node's checkpoint from vpcni's; how many leases. A missing checkpoint is an
+    error (OSError): an empty one would tell aws-node that every address is free."""
+    leases = checkpoint.decode(ours.read_bytes())
+    write_atomic(theirs, adopt.aws_node_checkpoint(leases))
+    return len(leases)
