@@ -46,10 +46,18 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Restore aws-node's conflist if asked (refusing to leave the node without a network
-    config when there is none to restore), then remove vpcni's conflist and plugin."""
+    """With --restore-aws-node: refuse (changing nothing) unless there is an aws-node conflist
+    to go back to and vpcni's checkpoint to hand over; hand the leases over, restore the
+    conflist. Then remove vpcni's conflist and plugin."""
     conf_dir: Path = args.conf_dir
     if args.restore_aws_node:
+        retired = conf_dir / (adopt.AWS_NODE_CONFLIST + adopt.RETIRED_SUFFIX)
+        if not retired.exists() and not (conf_dir / adopt.AWS_NODE_CONFLIST).exists():
+            print(
+                f"vpcni uninstall: no {retired.name} in {conf_dir} to restore; nothing changed",
+                file=sys.stderr,
+            )
+            return 1
         try:
             handed = hand_leases_back(args.checkpoint, args.aws_node_checkpoint)
         except (OSError, checkpoint.CheckpointError) as e:
@@ -57,17 +65,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"vpcni uninstall: {handed} leases written to {args.aws_node_checkpoint}")
         restored = adopt.restore_aws_node_conflist(conf_dir)
-        if restored is not None:
-            print(f"vpcni uninstall: restored {restored}")
-        elif (conf_dir / adopt.AWS_NODE_CONFLIST).exists():
-            print(f"vpcni uninstall: {conf_dir / adopt.AWS_NODE_CONFLIST} is already there")
-        else:
-            retired = adopt.AWS_NODE_CONFLIST + adopt.RETIRED_SUFFIX
-            print(
-                f"vpcni uninstall: no {retired} in {conf_dir} to restore; nothing removed",
-                file=sys.stderr,
-            )
-            return 1
+        print(f"vpcni uninstall: {restored or conf_dir / adopt.AWS_NODE_CONFLIST} in place")
     try:
         for path in install.uninstall(args.bin_dir, conf_dir):
             print(f"vpcni uninstall: removed {path}")
