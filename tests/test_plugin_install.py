@@ -303,10 +303,14 @@ def test_daemonset_manifest() -> None:
         "/etc/cni/net.d",
         "/run/vpcni",
         "/var/run/vpcni",
+        "/var/run/aws-node",
         "/sys/fs/bpf",
         "/run/netns",
     }
     assert mounts["/run/netns"]["mountPropagation"] == "HostToContainer"
+    # aws-node's checkpoint, adopted at the first start, is where the agent looks for it.
+    aws_node = Path(env["VPCNI_AWS_NODE_CHECKPOINT"])
+    assert mounts[str(aws_node.parent)]["mountPath"] == str(aws_node.parent)
     # The installer's defaults must match where the node's directories are mounted.
     script = (DEPLOY / "install-cni.sh").read_text()
     assert f"{mounts['/opt/cni/bin']['mountPath']}}}" in script
