@@ -200,6 +200,9 @@ def test_conflist_retired_then_restored_by_uninstall(tmp_path: Path) -> None:
     assert [p.name for p in conf.iterdir()] == ["10-aws.conflist"]
     assert (conf / "10-aws.conflist").read_text() == "aws"
     assert json.loads((tmp_path / "aws.json").read_text())["allocations"] == []
+    # A later switch to vpcni is a first start again: it adopts aws-node's leases of then.
+    assert not (tmp_path / "vpcni.json").exists()
+    assert (tmp_path / "vpcni.json.handed-to-aws-node").exists()
 
 
 def test_uninstall_restoring_nothing_leaves_vpcni_in_place(tmp_path: Path) -> None:

@@ -264,3 +264,4 @@ def test_switch_from_aws_node_in_place_and_back(
     # Only pods aws-node wired keep the names it checks their veths by at start.
     named = {entry["containerID"] for entry in handed if entry["metadata"]}
     assert named == set(pods[:4])
+    assert not (agent.state_dir / "ipam.json").exists()  # switching again adopts afresh

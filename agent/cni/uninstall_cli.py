@@ -17,6 +17,9 @@ from agent.cni import install
 from agent.ipam import checkpoint
 from agent.store import write_atomic
 
+# vpcni's checkpoint once its leases are aws-node's.
+HANDED_SUFFIX = ".handed-to-aws-node"
+
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
     """Register the options of `uninstall` (defaults: the DaemonSet's mounts, or the
@@ -76,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def hand_leases_back(ours: Path, theirs: Path) -> int:
-    """Write aws-node's checkpoint from vpcni's; how many leases. A missing checkpoint is an
-    error (OSError): an empty one would tell aws-node that every address is free."""
+    """Write aws-node's checkpoint from vpcni's, then move vpcni's aside (kept for a human) so
+    that switching to vpcni again adopts aws-node's leases of that time instead of restoring
+    these; how many leases. A missing checkpoint is an error (OSError): an empty one would tell
+    aws-node that every address is free."""
     leases = checkpoint.decode(ours.read_bytes())
     write_atomic(theirs, adopt.aws_node_checkpoint(leases))
+    os.rename(ours, ours.with_name(ours.name + HANDED_SUFFIX))
     return len(leases)
