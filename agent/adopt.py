@@ -12,6 +12,7 @@ DEL whose network name is vpcni's falls back to the `aws-cni` lease (`aws_node_k
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -84,7 +85,7 @@ def adopt_aws_node(state: NodeState, path: Path | None, counters: Counters) -> A
         log.error("aws-node checkpoint unreadable", extra={"path": str(path), "error": str(e)})
         counters.error("aws_node_checkpoint")
         return none
-    done = adopt_leases(state, leases)
+    done = adopt_leases(state, _stamped(leases, data))
     for lease in done.adopted:
         log.warning(
             "ADOPTED aws-node pod: its address stays leased, its wiring stays in place",
@@ -111,6 +112,24 @@ def adopt_aws_node(state: NodeState, path: Path | None, counters: Counters) -> A
         extra={"path": str(path), "adopted": len(done.adopted), "skipped": len(done.skipped)},
     )
     return done
+
+
+def _stamped(leases: list[Lease], data: bytes) -> list[Lease]:
+    """The leases with aws-node's allocation time (`allocationTimestamp`, Unix ns; vpcni's
+    own field is `metadata.assignedAt`), so /v1/pods shows when each pod got its address."""
+    entries = json.loads(data).get("allocations") or []
+    stamps = {
+        (str(e.get("containerID")), str(e.get("ifName"))): e.get("allocationTimestamp")
+        for e in entries
+        if isinstance(e, dict)
+    }
+    out = []
+    for lease in leases:
+        stamp = stamps.get((lease.key.container_id, lease.key.ifname))
+        if not lease.assigned_at and isinstance(stamp, int) and stamp > 0:
+            lease = dataclasses.replace(lease, assigned_at=stamp / 1e9)
+        out.append(lease)
+    return out
 
 
 def aws_node_checkpoint(leases: Iterable[Lease]) -> bytes:

@@ -32,7 +32,7 @@ def aws_lease(container_id: str, ip: IPv4Address, *, network: str = "aws-cni") -
         cidr=IPv4Network(f"{ip}/32"),
         pod_namespace="default",
         pod_name=f"pod-{container_id}",
-        assigned_at=0.0,
+        assigned_at=1_700_000_000.5,
     )
 
 
@@ -75,6 +75,8 @@ async def test_first_start_adopts_aws_nodes_leases_in_the_nodes_blocks(
     assert set(adopted) == set(ips[:3])
     assert {lease.key.network_name for lease in adopted.values()} == {"aws-cni"}
     assert n.counters.leases_adopted == 3 and n.counters.leases_not_adopted == 1
+    # aws-node's allocation time (ns) carries over.
+    assert {lease.assigned_at for lease in adopted.values()} == {1_700_000_000.5}
     # Durable at once: vpcni's own checkpoint holds them.
     saved = checkpoint.decode(s.checkpoint_path.read_bytes())
     assert {lease.ip for lease in saved} == set(ips[:3])
