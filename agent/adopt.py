@@ -22,7 +22,7 @@ from pathlib import Path
 
 from agent.counters import Counters
 from agent.ipam import checkpoint
-from agent.ipam.state import AddressInUse, IPAMKey, Lease, NodeState
+from agent.ipam.state import IPAMKey, Lease, NodeState
 
 log = logging.getLogger("vpcni.adopt")
 
@@ -50,16 +50,11 @@ def adopt_leases(state: NodeState, leases: Iterable[Lease]) -> Adoption:
             why = f"{lease.ip} is already leased to {held.key.container_id}"
         elif state.lease(lease.key) is not None:
             why = "its key already holds another address"
+        elif state.restore(lease):  # cannot raise AddressInUse: both cases are ruled out above
+            adopted.append(state.lease(lease.key) or lease)
+            continue
         else:
-            try:
-                ok = state.restore(lease)
-            except AddressInUse as e:
-                ok, why = False, str(e)
-            else:
-                why = f"{lease.ip} is in no block EC2 gives this node (or is an ENI's own)"
-            if ok:
-                adopted.append(state.lease(lease.key) or lease)
-                continue
+            why = f"{lease.ip} is in no block EC2 gives this node (or is an ENI's own)"
         skipped.append((lease, why))
     return Adoption(tuple(adopted), tuple(skipped))
 

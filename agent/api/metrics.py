@@ -182,7 +182,7 @@ class NodeCollector:
         )
         yield counter(
             "vpcni_leases_not_adopted",
-            "aws-node leases not taken over: their address is in no block of this node",
+            "aws-node leases not taken over: address in no block of this node, or leased twice",
             c.leases_not_adopted,
         )
         yield counter(
