@@ -232,6 +232,9 @@ def test_switch_from_aws_node_in_place_and_back(
     # A DEL of an adopted pod releases its address and removes aws-node's wiring of it.
     gone, gone_ip = pods[4], ips[pods[4]]
     veth = vpc_cni_veth("default", f"pod-{gone}")
+    links, rules, main = node_state()  # aws-node's wiring of it, before: veth, 2 rules, route
+    assert veth in links and gone_ip in main.split()
+    assert len([rule for rule in rules if gone_ip in rule.split()]) == 2, rules
     assert cni("DEL", gone, netns=f"/var/run/netns/{gone}")[0] == 0
     assert gone_ip not in {pod["ip"] for pod in agent.get("/v1/pods")}
     deadline = time.monotonic() + 10
