@@ -5,6 +5,7 @@ pods aws-node wired keep running: their addresses are in aws-node's checkpoint (
 `vpc-cni-ipam/1` format as vpcni's, network name `aws-cni`). After the EC2 read, every one of
 those leases whose address is in a block EC2 says this node has is restored, so no address an
 adopted pod holds is handed out again; the others are logged and counted, never guessed at.
+An unreadable aws-node checkpoint stops start-up (`AdoptError`).
 The pods' wiring (host veth `eni` + sha1 of "<ns>.<pod>", /32 route, rules 512 and 1536) is
 left as it is: DEL and CHECK find it by that legacy name (datapath.wiring.owned_link), and a
 DEL whose network name is vpcni's falls back to the `aws-cni` lease (`aws_node_key`).
@@ -59,27 +60,30 @@ def adopt_leases(state: NodeState, leases: Iterable[Lease]) -> Adoption:
     return Adoption(tuple(adopted), tuple(skipped))
 
 
+class AdoptError(Exception):
+    """aws-node's checkpoint exists but cannot be read: its pods' addresses are unknown."""
+
+
 def adopt_aws_node(state: NodeState, path: Path | None, counters: Counters) -> Adoption | None:
     """Read aws-node's checkpoint at `path` and adopt its leases (see `adopt_leases`), logging
-    loudly what was taken over; None when there is no such file (no aws-node was here), and
-    an unreadable one adopts nothing."""
-    none = Adoption((), ())
+    loudly what was taken over; None when there is no such file (no aws-node was here).
+
+    AdoptError when the file is there but unreadable: starting anyway could hand out the
+    addresses of running pods, so start-up stops and says what to do."""
     if path is None:
         return None
     try:
         data = path.read_bytes()
+        leases = checkpoint.decode(data)
     except FileNotFoundError:
         return None
-    except OSError as e:
-        log.error("aws-node checkpoint unreadable", extra={"path": str(path), "error": str(e)})
+    except (OSError, checkpoint.CheckpointError) as e:
         counters.error("aws_node_checkpoint")
-        return none
-    try:
-        leases = checkpoint.decode(data)
-    except checkpoint.CheckpointError as e:
-        log.error("aws-node checkpoint unreadable", extra={"path": str(path), "error": str(e)})
-        counters.error("aws_node_checkpoint")
-        return none
+        raise AdoptError(
+            f"aws-node's checkpoint {path} is unreadable ({e}), so the addresses of the pods "
+            "aws-node wired are unknown: fix the file, or set VPCNI_AWS_NODE_CHECKPOINT=none "
+            "once no such pod is left"
+        ) from e
     done = adopt_leases(state, _stamped(leases, data))
     for lease in done.adopted:
         log.warning(

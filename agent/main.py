@@ -18,6 +18,7 @@ import boto3
 import uvloop
 
 from agent import logs
+from agent.adopt import AdoptError
 from agent.api.server import serve
 from agent.cloud.aws import Ec2Adapter
 from agent.cloud.eniconfig import load_eni_config
@@ -114,6 +115,8 @@ async def run(settings: Settings) -> None:
             await node.start()
         except Ec2Error as e:
             raise StartupError(f"EC2 describe failed: {e}") from e
+        except AdoptError as e:
+            raise StartupError(str(e)) from e
         except DatapathError as e:
             raise StartupError(
                 f"{datapath.mode} datapath cannot start: {e} (it needs root/CAP_NET_ADMIN; "

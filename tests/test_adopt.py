@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,15 +152,18 @@ def test_adopt_leases_skips_addresses_held_twice_or_outside_the_blocks() -> None
     assert [lease.key.container_id for lease, _ in done.skipped] == ["b", "c", "d"]
 
 
-def test_an_unreadable_aws_node_checkpoint_adopts_nothing(tmp_path: Path) -> None:
+async def test_an_unreadable_aws_node_checkpoint_stops_start_up(tmp_path: Path) -> None:
     w = fakes.world()
-    n = fakes.node(w, fakes.settings(tmp_path))
-    path = tmp_path / "ipam.json"
-    counters = Counters()
-    assert adopt.adopt_aws_node(n.state, path, counters) is None  # no aws-node here
-    path.write_text('{"version": "vpc-cni-ipam/2"}')
-    assert adopt.adopt_aws_node(n.state, path, counters) == adopt.Adoption((), ())
-    assert counters.ipamd_errors == {"aws_node_checkpoint": 1}
+    aws = tmp_path / "ipam-aws.json"
+    s = dataclasses.replace(fakes.settings(tmp_path / "vpcni"), aws_node_checkpoint=aws)
+    n = fakes.node(w, s)
+    assert adopt.adopt_aws_node(n.state, aws, Counters()) is None  # no aws-node here
+    aws.write_text('{"version": "vpc-cni-ipam/2"}')
+    # Its pods' addresses are unknown: serving could hand them out again.
+    with pytest.raises(adopt.AdoptError, match="VPCNI_AWS_NODE_CHECKPOINT=none"):
+        await n.start()
+    assert not n.ready and n.counters.ipamd_errors == {"aws_node_checkpoint": 1}
+    assert not s.checkpoint_path.exists()  # the next start tries again
 
 
 def test_hand_back_names_only_the_pods_aws_node_wired() -> None:
@@ -223,3 +227,10 @@ def test_uninstall_restoring_nothing_leaves_vpcni_in_place(tmp_path: Path) -> No
         "10-aws.conflist.vpcni-retired",
         "10-vpcni.conflist",
     ]
+
+
+def test_the_agent_says_why_it_does_not_start(start_agent: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "ipam.json"
+    bad.write_text("{not json")
+    with pytest.raises(AssertionError, match=r"aws-node's checkpoint .* is unreadable"):
+        start_agent(VPCNI_AWS_NODE_CHECKPOINT=str(bad))
