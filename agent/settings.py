@@ -62,7 +62,8 @@ class Settings:
     state_dir: Path = Path("/var/run/vpcni")
     backing_store: Path | None = None  # AWS_VPC_K8S_CNI_BACKING_STORE
     # aws-node's checkpoint, adopted at the first start (agent/adopt.py); None: never adopt.
-    aws_node_checkpoint: Path | None = Path("/var/run/aws-node/ipam.json")
+    # `load` defaults to /var/run/aws-node/ipam.json; None here keeps in-process nodes off it.
+    aws_node_checkpoint: Path | None = None
     datapath: str = "bpf"
     host_netns: str | None = None
     introspection: str | None = "127.0.0.1:61679"
