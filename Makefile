@@ -42,12 +42,13 @@ typecheck:
 pytest: plugin
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# Regenerates agent/ipam/instance_types.csv from the shared DescribeInstanceTypes snapshot.
+# Regenerates agent/ipam/instance_types.csv from the VPC CNI limits and DescribeInstanceTypes
+# snapshots in ../shared/data.
 data: setup
-	$(PY) scripts/gen_instance_table.py ../shared/data/describe_instance_types.json.gz agent/ipam/instance_types.csv
+	$(PY) scripts/gen_instance_table.py ../shared/data/describe_instance_types.json.gz ../shared/data/vpc_ip_resource_limits.csv agent/ipam/instance_types.csv
 
 bench: setup plugin
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(if $(filter-out 0,$(QUICK)),--quick)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build

@@ -74,7 +74,7 @@ def adopt_aws_node(state: NodeState, path: Path | None, counters: Counters) -> A
         return None
     try:
         data = path.read_bytes()
-        leases = checkpoint.decode(data)
+        snapshot = checkpoint.decode(data)
     except FileNotFoundError:
         return None
     except (OSError, checkpoint.CheckpointError) as e:
@@ -84,7 +84,9 @@ def adopt_aws_node(state: NodeState, path: Path | None, counters: Counters) -> A
             "aws-node wired are unknown: fix the file, or set VPCNI_AWS_NODE_CHECKPOINT=none "
             "once no such pod is left"
         ) from e
-    done = adopt_leases(state, _stamped(leases, data))
+    for problem in snapshot.skipped:  # e.g. an IPv6-only allocation: vpcni has no IPv6
+        log.error(f"aws-node lease NOT adopted: {problem}", extra={"path": str(path)})
+    done = adopt_leases(state, _stamped(snapshot.leases, data))
     for lease in done.adopted:
         log.warning(
             "ADOPTED aws-node pod: its address stays leased, its wiring stays in place",
@@ -105,10 +107,11 @@ def adopt_aws_node(state: NodeState, path: Path | None, counters: Counters) -> A
             },
         )
     counters.leases_adopted += len(done.adopted)
-    counters.leases_not_adopted += len(done.skipped)
+    skipped = len(done.skipped) + len(snapshot.skipped)
+    counters.leases_not_adopted += skipped
     log.warning(
         "switched from aws-node: its leases adopted",
-        extra={"path": str(path), "adopted": len(done.adopted), "skipped": len(done.skipped)},
+        extra={"path": str(path), "adopted": len(done.adopted), "skipped": skipped},
     )
     return done
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import uvloop
 from agent import logs
 from agent.adopt import AdoptError
 from agent.api.server import serve
+from agent.cloud import instance_type
 from agent.cloud.aws import Ec2Adapter
 from agent.cloud.eniconfig import load_eni_config
 from agent.cloud.imds import ImdsClient, ImdsError
@@ -28,6 +30,7 @@ from agent.cni import lifecycle as cni_lifecycle
 from agent.ipam import instances
 from agent.node import Node
 from agent.settings import Settings, SettingsError, load
+from agent.store import StoreError
 from datapath.port import Datapath, DatapathError, NoDatapath
 
 log = logging.getLogger("vpcni.agent")
@@ -66,10 +69,6 @@ async def run(settings: Settings) -> None:
                 extra={"ec2": cloud.ec2_url, "imds": cloud.imds_url, "instance": cloud.instance_id},
             )
         identity = await _identity(imds_endpoint)
-        try:
-            instance = instances.lookup(identity.instance_type)
-        except instances.UnknownInstanceType as e:
-            raise StartupError(str(e)) from None
         ec2 = Ec2Adapter(
             region=identity.region,
             endpoint_url=endpoint_url,
@@ -80,6 +79,10 @@ async def run(settings: Settings) -> None:
             extra_tags=settings.additional_eni_tags,
         )
         stack.push_async_callback(ec2.close)
+        try:
+            instance = await instance_type.resolve(identity.instance_type, ec2)
+        except instances.UnknownInstanceType as e:
+            raise StartupError(str(e)) from None
         if cloud is not None and settings.host_netns:
             from agent import sim
             from datapath.sandbox import Sandbox
@@ -115,6 +118,8 @@ async def run(settings: Settings) -> None:
             await node.start()
         except Ec2Error as e:
             raise StartupError(f"EC2 describe failed: {e}") from e
+        except StoreError as e:
+            raise StartupError(f"checkpoint: {e}") from e
         except AdoptError as e:
             raise StartupError(str(e)) from e
         except DatapathError as e:
@@ -137,6 +142,7 @@ async def run(settings: Settings) -> None:
         # Spooled DELs replayed, then the conflist published: the runtime's cue that we are ready.
         stack.push_async_callback(await cni_lifecycle.start(node, settings.socket, os.environ))
         node.counters.startup_seconds = process_age()
+        settle_heap()
         log.info(
             "ready",
             extra={
@@ -152,6 +158,19 @@ async def run(settings: Settings) -> None:
         await stop.wait()
         log.info("stopping: no more ADDs, finishing in-flight requests")
         node.accepting = False
+
+
+def settle_heap() -> None:
+    """Take what start-up built (boto3's EC2 model, aiohttp, the instance table: most of the
+    heap, and kept for good) out of the cyclic collector's reach.
+
+    Full collections walked all of it on the event loop, 84-267 ms each, in the middle of CNI
+    requests; frozen objects are never scanned again, so a full pass only sees what was made
+    since. CPython's young-generation thresholds stay: larger ones made young passes longer
+    (bench/gc_pause.py).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _watch_eni_config(

@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from errno import EEXIST
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
 
 from datapath import rtnl
 from datapath.bpf import TC_HANDLE, TC_INGRESS, TC_PRIO, Counters, Endpoint, Eni, Programs
-from datapath.port import DatapathError, EniLink, PodNetwork, WiredPod
+from datapath.port import DatapathError, EniLink, PodNetwork, WiredAddress, WiredPod
 from datapath.wiring import (
     EniDevice,
     Wiring,
@@ -31,6 +31,9 @@ from datapath.wiring import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _CREATE = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL
+_AF_INET = 2
+_MAIN_TABLE = 254
+_SCOPE_LINK = 253
 # How long add_eni waits for a just-attached ENI's interface to show up (EC2 says "attached"
 # before the node's kernel has the device).
 ENI_WAIT = 10.0
@@ -108,6 +111,27 @@ class _NodeDatapath:
     async def present(self, pods: Sequence[PodNetwork]) -> list[bool]:
         """Per attachment: does a host veth of it still exist (or is one being deleted)?"""
         return await self._run(self._wiring.present, pods)
+
+    async def wired_addresses(self) -> list[WiredAddress]:
+        """Pod addresses from the host netns's /32 link routes onto veths (both modes make
+        one per pod)."""
+        return await self._run(self._wired_addresses)
+
+    def _wired_addresses(self) -> list[WiredAddress]:
+        with netlink(self.host_netns) as ipr:
+            veths = {
+                int(link["index"]): str(link.get("IFLA_IFNAME"))
+                for link in ipr.get_links()
+                if (info := link.get("IFLA_LINKINFO")) and info.get("IFLA_INFO_KIND") == "veth"
+            }
+            found = []
+            for route in ipr.get_routes(family=_AF_INET, table=_MAIN_TABLE):
+                oif = route.get("RTA_OIF")
+                if route["dst_len"] == 32 and route["scope"] == _SCOPE_LINK and oif in veths:
+                    found.append(
+                        WiredAddress(ip=IPv4Address(route.get("RTA_DST")), host_veth=veths[oif])
+                    )
+        return found
 
     def _eni_status(self) -> dict[str, Any]:
         return {
@@ -285,6 +309,16 @@ class BpfDatapath(_NodeDatapath):
             raise
         self._attached[wired.host_veth] = "from_pod"
         return wired
+
+    def _wired_addresses(self) -> list[WiredAddress]:
+        # The pinned endpoint map outlives the agent and names each pod's host veth by index.
+        found = {w.ip: w for w in super()._wired_addresses()}
+        with netlink(self.host_netns) as ipr:
+            for ip, ep in self.programs.endpoints().items():
+                if ip not in found and link_exists(ipr, ep.host_ifindex):
+                    name = ipr.link("get", index=ep.host_ifindex)[0].get("IFLA_IFNAME")
+                    found[ip] = WiredAddress(ip=ip, host_veth=str(name))
+        return list(found.values())
 
     def _forget_endpoint(self, pod: PodNetwork) -> None:
         self._cleanup(pod, None)

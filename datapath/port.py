@@ -52,6 +52,14 @@ class WiredPod:
     pod_ifindex: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WiredAddress:
+    """A pod address the node still routes to a host veth: what survives a lost checkpoint."""
+
+    ip: IPv4Address
+    host_veth: str
+
+
 class DatapathError(Exception):
     """Wiring failed. `missing_netns` (the pod's netns is gone) and `refused` (the netns is not
     a pod's, or the kernel will not take the ifName) are the caller's doing: the API answers
@@ -98,6 +106,10 @@ class Datapath(Protocol):
 
     async def settle(self) -> None:
         """Wait until the veths unwired so far are deleted (they go in the background)."""
+
+    async def wired_addresses(self) -> list[WiredAddress]:
+        """Pod addresses wired on the node now, found without the checkpoint (may be called
+        before `start`)."""
         ...
 
     def status(self) -> Mapping[str, Any]:
@@ -146,6 +158,9 @@ class NoDatapath:
 
     async def settle(self) -> None:
         return None
+
+    async def wired_addresses(self) -> list[WiredAddress]:
+        return []
 
     def status(self) -> Mapping[str, Any]:
         return {"mode": self.mode}

@@ -354,7 +354,7 @@ class Wiring:
             pod_sock = rtnl.Rtnl()
         host_link: rtnl.Link | None = None
         try:
-            host_link = self._create_veth(host, pod_sock, pod, name, fd)
+            host_link = self._create_veth(host, pod, name, fd)
             batch = pod_sock.batch()
             get = batch.add("pod link", rtnl.RTM_GETLINK, 0, rtnl.link_by_name(pod.ifname))
             pod_link = rtnl.parse_link(batch.run()[get][0])
@@ -406,9 +406,7 @@ class Wiring:
         finally:
             pod_sock.close()
 
-    def _create_veth(
-        self, host: rtnl.Rtnl, pod_sock: rtnl.Rtnl, pod: PodNetwork, name: str, fd: int
-    ) -> rtnl.Link:
+    def _create_veth(self, host: rtnl.Rtnl, pod: PodNetwork, name: str, fd: int) -> rtnl.Link:
         """Create the pair; a leftover host veth of this same attachment is replaced first."""
         body = rtnl.veth(name, mtu=pod.mtu, peer_name=pod.ifname, peer_netns_fd=fd)
         for attempt in range(2):
@@ -434,9 +432,12 @@ class Wiring:
         raise AssertionError("unreachable")
 
     def _roll_back(self, host: rtnl.Rtnl, pod: PodNetwork, link: rtnl.Link | None) -> None:
+        # Only what this ADD made: with no veth of ours, the rules (if any) are another wiring's
+        # of the same address, e.g. a pod adopted under its VPC CNI name.
+        if link is None:
+            return
         try:
-            if link is not None:
-                self._delete_link(host, link.name)
+            self._delete_link(host, link.name)
             batch = host.batch()
             for rule in pod_rules(pod.ip, pod.eni):
                 batch.add("pod rule", rtnl.RTM_DELRULE, 0, rule, ignore=rtnl.GONE)

@@ -49,7 +49,8 @@ def vpcni_req(container_id: str) -> PodRequest:
 @pytest.fixture
 async def switched(tmp_path: Path) -> AsyncIterator[tuple[Node, list[IPv4Address], Settings]]:
     """A node whose primary ENI holds 4 secondary IPs, 3 of them leased in aws-node's
-    checkpoint, plus one lease outside the node's blocks; vpcni started on it."""
+    checkpoint, plus one lease outside the node's blocks and one IPv6 lease; vpcni started
+    on it."""
     w = fakes.world()
     eni = w.primary_eni
     ips = list(w.model.assign(eni_id=eni.id, ip_count=4).ips)
@@ -57,7 +58,10 @@ async def switched(tmp_path: Path) -> AsyncIterator[tuple[Node, list[IPv4Address
     aws.parent.mkdir()
     leases = [aws_lease(f"c{i}", ip) for i, ip in enumerate(ips[:3])]
     leases.append(aws_lease("elsewhere", IPv4Address("10.0.15.200")))
-    aws.write_bytes(adopt.aws_node_checkpoint(leases))
+    doc = json.loads(adopt.aws_node_checkpoint(leases))
+    v6 = {"networkName": "aws-cni", "containerID": "v6", "ifName": "eth0", "ipv6": "2001:db8::1"}
+    doc["allocations"].append(v6)  # an IPv6 cluster's entry: vpcni has no IPv6
+    aws.write_text(json.dumps(doc))
     s = dataclasses.replace(
         fakes.settings(tmp_path / "vpcni", prefix_delegation=False, warm_prefix_target=0),
         aws_node_checkpoint=aws,
@@ -75,11 +79,11 @@ async def test_first_start_adopts_aws_nodes_leases_in_the_nodes_blocks(
     adopted = {lease.ip: lease for lease in n.state.leases()}
     assert set(adopted) == set(ips[:3])
     assert {lease.key.network_name for lease in adopted.values()} == {"aws-cni"}
-    assert n.counters.leases_adopted == 3 and n.counters.leases_not_adopted == 1
+    assert n.counters.leases_adopted == 3 and n.counters.leases_not_adopted == 2
     # aws-node's allocation time (ns) carries over.
     assert {lease.assigned_at for lease in adopted.values()} == {1_700_000_000.5}
     # Durable at once: vpcni's own checkpoint holds them.
-    saved = checkpoint.decode(s.checkpoint_path.read_bytes())
+    saved = checkpoint.decode(s.checkpoint_path.read_bytes()).leases
     assert {lease.ip for lease in saved} == set(ips[:3])
     # No adopted address is handed out again.
     new = await n.add(vpcni_req("new"))
@@ -124,6 +128,8 @@ def test_adopt_leases_skips_addresses_held_twice_or_outside_the_blocks() -> None
     ips = w.model.assign(eni_id=w.primary_eni.id, ip_count=2).ips
     n = fakes.node(w, fakes.settings(Path("/nonexistent"), prefix_delegation=False))
     eni = w.primary_eni
+    primary_ip = eni.primary_ip
+    assert primary_ip is not None
     n.state.reconcile(
         [
             EniView(
@@ -132,7 +138,7 @@ def test_adopt_leases_skips_addresses_held_twice_or_outside_the_blocks() -> None
                 primary=True,
                 subnet_id=w.subnet_id,
                 subnet_cidr=w.identity.subnet_cidr,
-                primary_ip=eni.primary_ip,
+                primary_ip=primary_ip,
                 mac=eni.mac,
                 created_at=0.0,
                 secondary_ips=tuple(ips),
@@ -144,7 +150,7 @@ def test_adopt_leases_skips_addresses_held_twice_or_outside_the_blocks() -> None
         [
             aws_lease("a", ips[0]),
             aws_lease("b", ips[0]),  # the same address twice: the first holder keeps it
-            aws_lease("c", eni.primary_ip),  # the ENI's own address
+            aws_lease("c", primary_ip),  # the ENI's own address
             aws_lease("d", IPv4Address("10.0.15.200")),
         ],
     )
@@ -176,7 +182,7 @@ def test_hand_back_names_only_the_pods_aws_node_wired() -> None:
     assert {e["networkName"] for e in by_id.values()} == {"aws-cni"}
     assert by_id["old"]["metadata"] == {"k8sPodNamespace": "default", "k8sPodName": "pod-old"}
     assert by_id["new"]["metadata"] == {}
-    assert {lease.ip for lease in checkpoint.decode(json.dumps(doc).encode())} == {ip1, ip2}
+    assert {lease.ip for lease in checkpoint.decode(json.dumps(doc).encode()).leases} == {ip1, ip2}
 
 
 def uninstall(tmp_path: Path, **kw: object) -> int:
@@ -199,16 +205,24 @@ def test_conflist_retired_then_restored_by_uninstall(tmp_path: Path) -> None:
     (conf / "10-vpcni.conflist").write_text("vpcni")
     assert adopt.retire_aws_node_conflist(conf) == conf / "10-aws.conflist.vpcni-retired"
     assert adopt.retire_aws_node_conflist(conf) is None
+    ip = IPv4Address("10.0.0.10")
     (tmp_path / "vpcni.json").write_bytes(checkpoint.encode([]))
+    # A lease only in the journal (the agent was killed): handed over too.
+    (tmp_path / "vpcni.json.journal-0").write_bytes(
+        checkpoint.encode_record([(IPAMKey("vpcni", "c", "eth0"), aws_lease("c", ip))])
+    )
 
     assert uninstall(tmp_path) == 0
 
     assert [p.name for p in conf.iterdir()] == ["10-aws.conflist"]
     assert (conf / "10-aws.conflist").read_text() == "aws"
-    assert json.loads((tmp_path / "aws.json").read_text())["allocations"] == []
+    [handed] = json.loads((tmp_path / "aws.json").read_text())["allocations"]
+    assert handed["ipv4"] == str(ip)
     # A later switch to vpcni is a first start again: it adopts aws-node's leases of then.
-    assert not (tmp_path / "vpcni.json").exists()
-    assert (tmp_path / "vpcni.json.handed-to-aws-node").exists()
+    assert sorted(p.name for p in tmp_path.glob("vpcni.json*")) == [
+        "vpcni.json.handed-to-aws-node",
+        "vpcni.json.journal-0.handed-to-aws-node",
+    ]
 
 
 def test_uninstall_restoring_nothing_leaves_vpcni_in_place(tmp_path: Path) -> None:

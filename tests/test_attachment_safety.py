@@ -16,11 +16,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from datapath.sandbox import Sandbox
 from tests.privileges import needs_bcc, needs_root
 
 pytestmark = [pytest.mark.root, needs_root]
@@ -102,11 +104,7 @@ def netns() -> Iterator[Any]:
     yield make
     for name in made:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-    subprocess.run(
-        ["python3", "-m", "agent.ctl", "sandbox", "down", NODE], check=False, capture_output=True
-    )
-    subprocess.run(["ip", "netns", "del", NODE], check=False, capture_output=True)
-    subprocess.run(["ip", "netns", "del", f"{NODE}-vpc"], check=False, capture_output=True)
+    Sandbox(NODE).down()  # both netns and the BPF pins
 
 
 def settled(agent: Any) -> None:
@@ -238,3 +236,22 @@ def test_a_lost_del_is_repaired_by_the_lease_reconcile(start_agent: Any, netns: 
     assert re.search(r"^vpcni_leases_reconciled(_total)? 1(\.0)?$", agent.metrics(), re.M)
     assert "lease released: its pod is gone" in agent.tail()
     assert cni(agent, "check", "alive", alive) == (200, {})
+
+
+def test_concurrent_adds_and_dels_each_touch_their_own_pod(start_agent: Any, netns: Any) -> None:
+    # Worker threads keep their own netlink sockets: 24 pods at once must not cross wires.
+    agent = start_agent("--datapath", "kernel", "--host-netns", NODE)
+    paths = [netns(f"c{i}") for i in range(24)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        added = list(pool.map(lambda i: cni(agent, "add", f"c{i}", paths[i]), range(24)))
+        assert all(status == 200 for status, _ in added), added
+        for (_, result), path in zip(added, paths, strict=True):
+            assert address(result) in eth0(path.rsplit("/", 1)[1])
+        checked = list(pool.map(lambda i: cni(agent, "check", f"c{i}", paths[i]), range(24)))
+        assert checked == [(200, {})] * 24
+        deleted = list(pool.map(lambda i: cni(agent, "del", f"c{i}", paths[i]), range(24)))
+        assert deleted == [(200, {})] * 24
+    settled(agent)
+    assert agent.get("/v1/pods") == []
+    assert not [line for line in run("ip", "-n", NODE, "-br", "link").splitlines() if "@" in line
+                and not line.startswith("eth")]  # fmt: skip

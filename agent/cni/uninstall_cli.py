@@ -8,11 +8,12 @@ before vpcni's goes, so the runtime always has a network config."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
 
-from agent import adopt
+from agent import adopt, store
 from agent.cni import install
 from agent.ipam import checkpoint
 from agent.store import write_atomic
@@ -79,11 +80,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def hand_leases_back(ours: Path, theirs: Path) -> int:
-    """Write aws-node's checkpoint from vpcni's, then move vpcni's aside (kept for a human) so
-    that switching to vpcni again adopts aws-node's leases of that time instead of restoring
-    these; how many leases. A missing checkpoint is an error (OSError): an empty one would tell
-    aws-node that every address is free."""
-    leases = checkpoint.decode(ours.read_bytes())
-    write_atomic(theirs, adopt.aws_node_checkpoint(leases))
-    os.rename(ours, ours.with_name(ours.name + HANDED_SUFFIX))
-    return len(leases)
+    """Write aws-node's checkpoint from vpcni's (snapshot and journals), then move vpcni's
+    files aside (kept for a human) so that switching to vpcni again adopts aws-node's leases
+    of that time instead of restoring these; how many leases. A missing or unreadable
+    checkpoint is an error: an empty one would tell aws-node that every address is free."""
+    if not ours.is_file():
+        raise FileNotFoundError(errno.ENOENT, "no vpcni checkpoint", str(ours))
+    found = store.read(ours)
+    if found.unreadable is not None:
+        raise checkpoint.CheckpointError(f"{ours}: {found.unreadable}")
+    for problem in found.skipped:
+        print(f"vpcni uninstall: not handed over: {problem}", file=sys.stderr)
+    write_atomic(theirs, adopt.aws_node_checkpoint(found.leases))
+    for path in [ours, *(journal for _, journal in store.journals(ours))]:
+        os.rename(path, path.with_name(path.name + HANDED_SUFFIX))
+    return len(found.leases)
