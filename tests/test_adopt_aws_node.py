@@ -189,13 +189,15 @@ def test_switch_from_aws_node_in_place_and_back(
     assert samples["vpcni_leases_not_adopted_total"] == 1
     assert "ADOPTED aws-node pod" in agent.tail()
     deadline = time.monotonic() + 10
-    while not (conf_dir / "10-vpcni.conflist").exists() and time.monotonic() < deadline:
+    # vpcni's conflist is written first, then aws-node's is moved aside: wait for the latter.
+    retired = conf_dir / (AWS_NODE_CONFLIST + RETIRED_SUFFIX)
+    while not retired.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sorted(p.name for p in conf_dir.iterdir()) == [
         AWS_NODE_CONFLIST + RETIRED_SUFFIX,
         "10-vpcni.conflist",
     ]
-    assert json.loads((conf_dir / (AWS_NODE_CONFLIST + RETIRED_SUFFIX)).read_text()) == AWS_CONFLIST
+    assert json.loads(retired.read_text()) == AWS_CONFLIST
 
     # Adopted pods keep their connectivity: to each other, across ENIs, to the VPC.
     ips = {name: ip for name, (ip, _) in zip(pods, chosen, strict=True)}
