@@ -2,7 +2,8 @@
 # Prepares a fresh Debian machine for vpcni: the venv with Python deps and, as root, the Debian
 # packages the datapath needs (bcc from Debian, never PyPI), go and libcni's source for
 # tests/test_libcni.py, containerd + runc + the reference CNI plugins and gcc (a static pause
-# binary) for the CRI tests (tests/containerd_runtime.py), plus the two bcc workarounds from
+# binary) for the CRI tests (tests/containerd_runtime.py), iperf3 and sockperf for the traffic
+# and SNAT benchmarks, plus the two bcc workarounds from
 # ../shared/ENVIRONMENT.md (kernel headers symlink, bcc linked into the venv).
 # Idempotent and quiet: re-running only checks.
 set -euo pipefail
@@ -10,7 +11,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 DEB_PKGS="python3-bpfcc libbpfcc linux-headers-amd64 iproute2 iptables nftables tcpdump iputils-ping
-  golang-go golang-github-appc-cni-dev containerd runc containernetworking-plugins gcc libc6-dev"
+  golang-go golang-github-appc-cni-dev containerd runc containernetworking-plugins gcc libc6-dev
+  iperf3 sockperf"
 
 if [ "$(id -u)" = 0 ]; then
   missing=""

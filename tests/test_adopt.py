@@ -4,7 +4,6 @@ does it all on a real sandbox node)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from agent import adopt
-from agent.cni import uninstall_cli
+from agent.cni import install, uninstall_cli
 from agent.counters import Counters
 from agent.ipam import checkpoint
 from agent.ipam.state import EniView, IPAMKey, Lease
@@ -185,17 +184,14 @@ def test_hand_back_names_only_the_pods_aws_node_wired() -> None:
     assert {lease.ip for lease in checkpoint.decode(json.dumps(doc).encode()).leases} == {ip1, ip2}
 
 
-def uninstall(tmp_path: Path, **kw: object) -> int:
-    args = argparse.Namespace(
-        conf_dir=tmp_path / "net.d",
-        bin_dir=tmp_path / "bin",
-        restore_aws_node=True,
-        checkpoint=tmp_path / "vpcni.json",
-        aws_node_checkpoint=tmp_path / "aws.json",
+def uninstall(tmp_path: Path) -> int:
+    """`vpcni-ctl uninstall --restore-aws-node`'s first step, as agent.uninstall runs it."""
+    ok = uninstall_cli.restore_aws_node(
+        tmp_path / "net.d", tmp_path / "vpcni.json", tmp_path / "aws.json"
     )
-    for name, value in kw.items():
-        setattr(args, name, value)
-    return uninstall_cli.run(args)
+    if ok:
+        install.uninstall(tmp_path / "bin", tmp_path / "net.d")
+    return 0 if ok else 1
 
 
 def test_conflist_retired_then_restored_by_uninstall(tmp_path: Path) -> None:

@@ -254,7 +254,8 @@ def test_switch_from_aws_node_in_place_and_back(
     bin_dir.mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "agent.ctl", "uninstall", "--restore-aws-node",
-         "--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir),
+         "--cni-conf-dir", str(conf_dir), "--cni-bin-dir", str(bin_dir), "--host-netns", NODE,
+         "--socket", str(agent.socket),
          "--checkpoint", str(agent.state_dir / "ipam.json"),
          "--aws-node-checkpoint", str(aws_dir / "ipam.json")],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False,

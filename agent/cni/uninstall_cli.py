@@ -1,6 +1,6 @@
-"""`vpcni-ctl uninstall`: take vpcni's network config and plugin off the node.
+"""`vpcni-ctl uninstall --restore-aws-node` (agent.uninstall runs it before removing vpcni).
 
-With `--restore-aws-node` (switching back, the agent stopped) it first hands vpcni's leases to
+Switching back, the agent stopped, it first hands vpcni's leases to
 aws-node (its checkpoint, see `agent.adopt.aws_node_checkpoint`), so aws-node starts knowing
 every address in use, then puts back the aws-node conflist vpcni retired when it took over,
 before vpcni's goes, so the runtime always has a network config."""
@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from agent import adopt, store
-from agent.cni import install
 from agent.ipam import checkpoint
 from agent.store import write_atomic
 
@@ -22,12 +21,8 @@ from agent.store import write_atomic
 HANDED_SUFFIX = ".handed-to-aws-node"
 
 
-def configure(name: str, parser: argparse.ArgumentParser) -> None:
-    """Register the options of `uninstall` (defaults: the DaemonSet's mounts, or the
-    HOST_CNI_* variables as the agent reads them)."""
-    paths = install.Paths.from_env(os.environ)
-    parser.add_argument("--bin-dir", type=Path, default=paths.bin_dir, help="CNI bin dir")
-    parser.add_argument("--conf-dir", type=Path, default=paths.conf_dir, help="CNI conf dir")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The switch-back options of `vpcni-ctl uninstall` (agent.uninstall)."""
     parser.add_argument(
         "--restore-aws-node",
         action="store_true",
@@ -46,37 +41,28 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         default=Path(os.environ.get("VPCNI_AWS_NODE_CHECKPOINT") or "/var/run/aws-node/ipam.json"),
         help="aws-node's checkpoint, written from vpcni's",
     )
-    parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """With --restore-aws-node: refuse (changing nothing) unless there is an aws-node conflist
-    to go back to and vpcni's checkpoint to hand over; hand the leases over, restore the
-    conflist. Then remove vpcni's conflist and plugin."""
-    conf_dir: Path = args.conf_dir
-    if args.restore_aws_node:
-        retired = conf_dir / (adopt.AWS_NODE_CONFLIST + adopt.RETIRED_SUFFIX)
-        if not retired.exists() and not (conf_dir / adopt.AWS_NODE_CONFLIST).exists():
-            print(
-                f"vpcni uninstall: no {retired.name} in {conf_dir} to restore; nothing changed",
-                file=sys.stderr,
-            )
-            return 1
-        try:
-            handed = hand_leases_back(args.checkpoint, args.aws_node_checkpoint)
-        except (OSError, checkpoint.CheckpointError) as e:
-            print(f"vpcni uninstall: {e}; nothing changed", file=sys.stderr)
-            return 1
-        print(f"vpcni uninstall: {handed} leases written to {args.aws_node_checkpoint}")
-        restored = adopt.restore_aws_node_conflist(conf_dir)
-        print(f"vpcni uninstall: {restored or conf_dir / adopt.AWS_NODE_CONFLIST} in place")
+def restore_aws_node(conf_dir: Path, ours: Path, theirs: Path) -> bool:
+    """Refuse (False, changing nothing) unless there is an aws-node conflist to go back to and
+    vpcni's checkpoint to hand over; else hand the leases over and restore the conflist, so
+    that vpcni's conflist and plugin can go."""
+    retired = conf_dir / (adopt.AWS_NODE_CONFLIST + adopt.RETIRED_SUFFIX)
+    if not retired.exists() and not (conf_dir / adopt.AWS_NODE_CONFLIST).exists():
+        print(
+            f"vpcni uninstall: no {retired.name} in {conf_dir} to restore; nothing changed",
+            file=sys.stderr,
+        )
+        return False
     try:
-        for path in install.uninstall(args.bin_dir, conf_dir):
-            print(f"vpcni uninstall: removed {path}")
-    except OSError as e:
-        print(f"vpcni uninstall: {e}", file=sys.stderr)
-        return 1
-    return 0
+        handed = hand_leases_back(ours, theirs)
+    except (OSError, checkpoint.CheckpointError) as e:
+        print(f"vpcni uninstall: {e}; nothing changed", file=sys.stderr)
+        return False
+    print(f"vpcni uninstall: {handed} leases written to {theirs}")
+    restored = adopt.restore_aws_node_conflist(conf_dir)
+    print(f"vpcni uninstall: {restored or conf_dir / adopt.AWS_NODE_CONFLIST} in place")
+    return True
 
 
 def hand_leases_back(ours: Path, theirs: Path) -> int:
