@@ -66,18 +66,20 @@ def detach_programs(host_netns: str | None, report: Report) -> None:
 
 
 def remove_pins(host_netns: str | None, report: Report) -> None:
-    """Unpin the maps (the kernel frees them with the last program). The root node's pin
-    directory also holds sandbox nodes' pins under netns/: those stay."""
+    """Unpin the maps and the programs the loader pinned under progs/ (the kernel frees them
+    with their last user). The root node's pin directory also holds sandbox nodes' pins under
+    netns/: those stay."""
     directory = Path(pin_dir(host_netns))
-    if not directory.is_dir():
-        return
-    for entry in sorted(directory.iterdir()):
-        if entry.is_dir():
+    for folder in (directory / "progs", directory):
+        if not folder.is_dir():
             continue
-        entry.unlink()
-        report.pins.append(str(entry))
-    if not any(directory.iterdir()):
-        directory.rmdir()
+        for entry in sorted(folder.iterdir()):
+            if entry.is_dir():
+                continue
+            entry.unlink()
+            report.pins.append(str(entry))
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def uninstall(*, bin_dir: Path, conf_dir: Path, host_netns: str | None) -> Report:
