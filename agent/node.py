@@ -154,7 +154,8 @@ class Node:
         await self.datapath.start([eni_link(e) for e in self.state.enis.values()])
         if dropped:
             await self.store.commit()
-        if self.settings.leaked_eni_cleanup and self.settings.cloud == "aws":
+        if self.settings.leaked_eni_cleanup:  # then hourly, from the pool manager
+            self.resyncer.last_cleanup = self.clock()
             self.pods.spawn(self.resyncer.cleanup_leaked())
         self.pool.start()
         self.ready = True
@@ -237,6 +238,10 @@ class Node:
                     return True, "free addresses in the pool"
         decision = self.decide()
         if isinstance(decision.action, GROWING):
+            subnet = self.executor.subnet_of(decision.action)
+            why = self.executor.exhausted.get(subnet)
+            if why is not None:  # the planner would ask again, but EC2 has nothing to give
+                return False, f"subnet {subnet} is exhausted ({why})"
             return True, f"pool is growing: {decision.reason}"
         return False, decision.reason
 

@@ -14,17 +14,16 @@ import random
 from collections.abc import Callable
 
 from agent.counters import Counters
-from agent.executor import Ec2Executor
+from agent.executor import GROWING, Ec2Executor
 from agent.ipam.backoff import PrefixBackoff
-from agent.ipam.planner import AssignIps, AssignPrefixes, CreateEni, Decision, Limits, plan
+from agent.ipam.planner import Decision, Limits, plan
 from agent.ipam.state import NodeState
 from agent.resync import Resync
 from agent.settings import Settings
 
 log = logging.getLogger("vpcni.pool")
 
-# Actions that grow the pool (an ADD waiting for an address waits on these).
-GROWING = (AssignPrefixes, AssignIps, CreateEni)
+__all__ = ["GROWING", "PoolManager"]
 
 
 class PoolManager:
@@ -109,7 +108,9 @@ class PoolManager:
                 return
             try:
                 if self.resync.due():
-                    await self.resync.resync()
+                    await self.resync.quietly()
+                if self.settings.leaked_eni_cleanup and self.resync.cleanup_due():
+                    await self.resync.cleanup_leaked()
                 await self.run_rounds()
             except asyncio.CancelledError:
                 raise
