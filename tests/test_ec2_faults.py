@@ -4,7 +4,7 @@ boto3 adapter, talking HTTP to the emulator with injected faults."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -103,8 +103,6 @@ async def make(
         clock = fakes.Clock()
         settings = fakes.settings(tmp_path, add_wait_ms=add_wait_ms, **pool)
         if leaked_eni_cleanup:
-            from dataclasses import replace
-
             settings = replace(settings, leaked_eni_cleanup=True)
         node = Node(
             settings=settings,
@@ -193,8 +191,6 @@ async def test_leaked_enis_are_collected_at_start_and_then_hourly(tmp_path: Path
     w = fakes.world()
     ec2 = fakes.ModelEc2(w.model)
     clock = fakes.Clock()
-    from dataclasses import replace
-
     settings = replace(fakes.settings(tmp_path), leaked_eni_cleanup=True)
     node = fakes.node(w, settings, ec2=ec2, clock=clock)
     await node.start()
@@ -230,5 +226,5 @@ async def test_a_subnet_with_8_free_addresses_starts_8_pods_and_status_says_exha
         await n.node.add(req("c8"))
     assert err.value.code == 11
     await fakes.until(lambda: not n.node.can_serve()[0], what="STATUS to say no")
-    ok, why = n.node.can_serve()
+    _, why = n.node.can_serve()
     assert "exhausted" in why and "growing" not in why
