@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint typecheck pytest setup data bench clean
+.PHONY: run test lint typecheck pytest setup data bench clean reliability
 
 setup:
 	@scripts/bootstrap.sh
@@ -22,6 +22,11 @@ typecheck:
 
 pytest:
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The reliability suite in full (tests/reliability: >= 5,000 ops and 20 SIGKILLs per emulator,
+# EC2 faults, API fuzzing); `make test` runs it reduced. Figures: docs/reliability.md.
+reliability: setup
+	VPCNI_RELIABILITY=full $(PY) -m pytest -q -s -p no:cacheprovider tests/reliability $(PYTEST_ARGS)
 
 # Regenerates agent/ipam/instance_types.csv from the shared DescribeInstanceTypes snapshot.
 data: setup
