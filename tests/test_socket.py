@@ -223,3 +223,19 @@ async def test_a_client_gone_mid_body_is_one_debug_line(
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert loud == []
     assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_a_malformed_request_is_no_error_traceback(
+    node: Node, sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = sock_dir / "a.sock"
+    caplog.set_level(logging.INFO)
+    async with serving(node, path):
+        for garbage in (
+            b"\x00\x01\x02 not http\r\n\r\n",
+            b"POST /v1/cni/add HTTP/1.1\r\nHost: v\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ):
+            answer = await asyncio.to_thread(stalled, path, garbage)
+            assert not answer.startswith(b"HTTP/1.1 5")
+        assert b" 200 " in await asyncio.to_thread(blocking_get, path)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from agent.api import cni, introspection, metrics
@@ -83,6 +84,27 @@ class ConnectionGuard:
 
 
 GUARD = web.AppKey("guard", ConnectionGuard)
+
+
+class ClientFaults(logging.Filter):
+    """aiohttp logs a malformed request or a vanished client (the client's doing) as an ERROR
+    with a traceback; make it one debug line (dropped unless debug logging is on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError | ConnectionError):
+            return True
+        if not HTTP_LOG.isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "bad request from a client: %r", (exc,)
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+# The HTTP server's own log (aiohttp's RequestHandler logs here).
+HTTP_LOG = logging.getLogger("vpcni.api.http")
+HTTP_LOG.addFilter(ClientFaults())
 
 
 class GuardedUnixSite(web.BaseSite):
@@ -202,7 +224,11 @@ async def _start(
     socket_app = app(node, cni.routes() + introspection.routes(), guard)
     # The guard closes idle connections; aiohttp's own keep-alive timer would wait an hour.
     runner = web.AppRunner(
-        socket_app, access_log=None, shutdown_timeout=10, keepalive_timeout=HEADER_TIMEOUT
+        socket_app,
+        access_log=None,
+        shutdown_timeout=10,
+        keepalive_timeout=HEADER_TIMEOUT,
+        logger=HTTP_LOG,
     )
     await runner.setup()
     runners.append(runner)
@@ -220,7 +246,7 @@ async def _start(
         if address is None:
             continue
         host, port = _split(address)
-        tcp = web.AppRunner(app(node, routes), access_log=None)
+        tcp = web.AppRunner(app(node, routes), access_log=None, logger=HTTP_LOG)
         await tcp.setup()
         runners.append(tcp)
         await web.TCPSite(tcp, host, port, reuse_address=True).start()
