@@ -3,37 +3,56 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint typecheck pytest setup data bench clean reliability
+.PHONY: run test lint typecheck pytest setup data bench clean plugin golint gotest reliability
+
+# The CNI plugin (plugin/, Go standard library only): a static binary, built offline by Debian's
+# go. Caches live under build/ so root CI and parallel worktrees need no $HOME and no network.
+GO := go
+GOENV := GOCACHE=$(CURDIR)/build/gocache GOPATH=$(CURDIR)/build/gopath GOFLAGS= GOPROXY=off \
+	GO111MODULE=on GOTOOLCHAIN=local CGO_ENABLED=0
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 setup:
 	@scripts/bootstrap.sh
 
-run: setup
+run: setup plugin
 	@$(PY) -m agent.demo
 
-test: setup lint typecheck pytest
+test: setup lint typecheck gotest plugin pytest
 
-lint:
+plugin: build/vpcni
+
+build/vpcni: $(wildcard plugin/*.go) plugin/go.mod pyproject.toml
+	cd plugin && $(GOENV) $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o ../build/vpcni .
+
+golint:
+	@out=$$(gofmt -l plugin); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	cd plugin && $(GOENV) $(GO) vet ./...
+
+gotest:
+	cd plugin && $(GOENV) $(GO) test -count=1 ./...
+
+lint: golint
 	$(VENV)/bin/ruff check agent datapath tests scripts bench
 	$(VENV)/bin/ruff format --check agent datapath tests scripts bench
 
 typecheck:
 	$(VENV)/bin/mypy
 
-pytest:
+pytest: plugin
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The reliability suite in full (tests/reliability: >= 5,000 ops and 20 SIGKILLs per emulator,
 # EC2 faults, API fuzzing); `make test` runs it reduced. Figures: docs/reliability.md.
-reliability: setup
+reliability: setup plugin
 	VPCNI_RELIABILITY=full $(PY) -m pytest -q -s -p no:cacheprovider tests/reliability $(PYTEST_ARGS)
 
 # Regenerates agent/ipam/instance_types.csv from the shared DescribeInstanceTypes snapshot.
 data: setup
 	$(PY) scripts/gen_instance_table.py ../shared/data/describe_instance_types.json.gz agent/ipam/instance_types.csv
 
-bench: setup
+bench: setup plugin
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build

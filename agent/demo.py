@@ -1,9 +1,9 @@
 """`make run`: a demo node on the embedded EC2 emulator.
 
 Starts vpcni-agent (m5.large, prefix delegation, WARM_PREFIX_TARGET=1) in a sandbox netns,
-creates a few pod netns and ADDs each through the real CNI shim exactly as a runtime would
-(env + stdin), prints the ENI, prefix and pod tables, pings pod to pod and to a VPC host, then
-tears everything down (also on Ctrl-C). Without root it runs IPAM only and says so.
+creates a few pod netns and ADDs each through the real `vpcni` plugin binary exactly as a
+runtime would (env + stdin), prints the ENI, prefix and pod tables, pings pod to pod and to a VPC
+host, then tears everything down (also on Ctrl-C). Without root it runs IPAM only and says so.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from agent.cni.install import install_shim
+from agent.cni.install import install_plugin
 from agent.introspect_cli import fetch, render
 
 # Wide enough for ENI ids and reasons even when stdout is not a terminal (CI logs, pipes).
@@ -35,6 +35,14 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def plugin_binary() -> Path:
+    """The plugin `make plugin` builds (build/vpcni in the source tree)."""
+    path = Path(__file__).resolve().parent.parent / "build" / "vpcni"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run `make plugin` (needs Debian's golang-go)")
+    return path
 
 
 def wait_ready(address: str, agent: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -70,10 +78,10 @@ def run_plugin(
     return out.returncode, doc, ms
 
 
-def cni(shim: Path, command: str, conf: dict[str, Any], *, pod: str, netns: str) -> Any:
-    """Run the shim for `pod` and report the outcome on the console."""
+def cni(plugin: Path, command: str, conf: dict[str, Any], *, pod: str, netns: str) -> Any:
+    """Run the plugin for `pod` and report the outcome on the console."""
     rc, doc, ms = run_plugin(
-        [str(shim)], command, conf, container=f"demo-{pod}", netns=netns, pod=pod
+        [str(plugin)], command, conf, container=f"demo-{pod}", netns=netns, pod=pod
     )
     if rc != 0:
         console.print(f"[red]{command} {pod} failed[/]: {doc}")
@@ -98,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             "run as root for pods that ping[/]"
         )
     work = Path(tempfile.mkdtemp(prefix="vpcni-demo-"))
-    shim = work / "bin" / "vpcni"
-    shim.parent.mkdir()
-    install_shim(shim, os.path.realpath(sys.executable))
+    plugin = work / "bin" / "vpcni"
+    install_plugin(plugin_binary(), plugin)
     introspection = f"127.0.0.1:{free_port()}"
     env = {
         **os.environ,
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             netns = f"/var/run/netns/{SANDBOX}-{pod}"
             if root:
                 subprocess.run(["ip", "netns", "add", f"{SANDBOX}-{pod}"], check=False)
-            result = cni(shim, "ADD", conf, pod=pod, netns=netns)
+            result = cni(plugin, "ADD", conf, pod=pod, netns=netns)
             if result.get("ips"):
                 added[pod] = result["ips"][0]["address"].split("/")[0]
         for view in ("enis", "pods", "pool"):
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         console.rule("teardown")
         if agent.poll() is None:
             for pod in added:
-                cni(shim, "DEL", conf, pod=pod, netns=f"/var/run/netns/{SANDBOX}-{pod}")
+                cni(plugin, "DEL", conf, pod=pod, netns=f"/var/run/netns/{SANDBOX}-{pod}")
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=30)
         if root:

@@ -126,8 +126,10 @@ class Ec2Executor:
         started = self.clock()
         self.counters.plans += 1
         outcome = "ok"
+        doing = "increaseDatastorePool" if isinstance(action, GROWING) else "decreaseDatastorePool"
         try:
-            await self._act(action)
+            with self.counters.doing(doing):
+                await self._act(action)
         except InsufficientCidr as e:
             outcome = f"{e.code or 'InsufficientCidr'}: {e}"
             if isinstance(action, AssignPrefixes | CreateEni) and (

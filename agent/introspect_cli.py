@@ -57,7 +57,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     path = {
-        "enis": "/v1/enis",
+        "enis": "/v1/enis?format=vpcni",
         "pods": "/v1/pods",
         "pool": "/v1/pool",
         "datapath": "/v1/datapath",

@@ -1,10 +1,12 @@
-"""Structured JSON-lines logging to stderr (one object per line, `extra` fields included)."""
+"""Structured JSON-lines logging (one object per line, `extra` fields included)."""
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,9 +34,24 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
-def configure(level: str) -> None:
-    """Send every vpcni logger to stderr as JSON lines at `level`."""
-    handler = logging.StreamHandler(sys.stderr)
+# A log file rotates at this size, keeping this many old files (aws-node keeps 100 MB files).
+LOG_FILE_MAX_BYTES = 100 * 1024 * 1024
+LOG_FILE_BACKUPS = 5
+
+
+def configure(level: str, destination: str = "stderr") -> None:
+    """Send every vpcni logger to `destination` (stderr, stdout or a file path, rotated) as JSON
+    lines at `level`."""
+    handler: logging.Handler
+    if destination == "stderr":
+        handler = logging.StreamHandler(sys.stderr)
+    elif destination == "stdout":
+        handler = logging.StreamHandler(sys.stdout)
+    else:
+        Path(destination).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(
+            destination, maxBytes=LOG_FILE_MAX_BYTES, backupCount=LOG_FILE_BACKUPS
+        )
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -23,6 +23,7 @@ from agent.cloud.aws import Ec2Adapter
 from agent.cloud.eniconfig import load_eni_config
 from agent.cloud.imds import ImdsClient, ImdsError
 from agent.cloud.port import Ec2Error, NodeIdentity
+from agent.cni import lifecycle as cni_lifecycle
 from agent.ipam import instances
 from agent.node import Node
 from agent.settings import Settings, SettingsError, load
@@ -43,7 +44,7 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         imds_endpoint: str | None = None
-        endpoint_url: str | None = None
+        endpoint_url = settings.ec2_endpoint
         session: boto3.session.Session | None = None
         sandbox = None
         cloud = None
@@ -107,6 +108,8 @@ async def run(settings: Settings) -> None:
             new_eni_subnet=subnet,
             new_eni_security_groups=groups,
         )
+        if settings.watches_kubernetes:
+            await _watch_eni_config(settings, node, stack)
         try:
             await node.start()
         except Ec2Error as e:
@@ -128,6 +131,9 @@ async def run(settings: Settings) -> None:
             raise StartupError(f"cannot listen: {e}") from e
         for runner in runners:
             stack.push_async_callback(runner.cleanup)
+        # Spooled DELs replayed, then the conflist published: the runtime's cue that we are ready.
+        stack.push_async_callback(await cni_lifecycle.start(node, settings.socket, os.environ))
+        node.counters.startup_seconds = process_age()
         log.info(
             "ready",
             extra={
@@ -143,6 +149,50 @@ async def run(settings: Settings) -> None:
         await stop.wait()
         log.info("stopping: no more ADDs, finishing in-flight requests")
         node.accepting = False
+
+
+async def _watch_eni_config(
+    settings: Settings, node: Node, stack: contextlib.AsyncExitStack
+) -> None:
+    """Follow the node's ENIConfig in the Kubernetes API; ENIs wait for it, pods never do."""
+    from agent import kube
+
+    assert settings.node_name is not None
+    try:
+        client = kube.client_from_env()
+    except Exception as e:  # no service account and no KUBECONFIG
+        raise StartupError(f"custom networking needs the Kubernetes API: {e}") from e
+    stack.push_async_callback(client.close)
+    node.use_eni_config(None, ())
+    watch = kube.EniConfigWatch(
+        client=client,
+        node_name=settings.node_name,
+        on_change=lambda choice: node.use_eni_config(choice.subnet, choice.security_groups),
+        annotation_key=settings.eni_config_annotation,
+        label_key=settings.eni_config_label,
+    )
+    node.eni_config_watch = watch
+    task = asyncio.create_task(watch.run(), name="eniconfig-watch")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (aws-node's start-up duration counts from there)."""
+    try:
+        with open("/proc/self/stat") as f:
+            # The command name (field 2) may hold spaces; start time is field 22 overall.
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(uptime - started_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
 
 
 async def _identity(endpoint: str | None) -> NodeIdentity:
@@ -173,7 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"vpcni-agent: {e}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
+    try:
+        logs.configure(settings.log_level, settings.log_file)
+    except OSError as e:
+        print(f"vpcni-agent: AWS_VPC_K8S_CNI_LOG_FILE={settings.log_file}: {e}", file=sys.stderr)
+        return 2
+    for warning in settings.warnings:
+        log.warning(warning)
     try:
         uvloop.run(run(settings))
     except StartupError as e:

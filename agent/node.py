@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from agent.cloud.port import Ec2Port, NodeIdentity
 from agent.counters import Counters
-from agent.executor import Ec2Executor, PlanRecord, eni_link
+from agent.executor import GROWING, Ec2Executor, PlanRecord, eni_link
 from agent.ipam import checkpoint
 from agent.ipam.backoff import PrefixBackoff
 from agent.ipam.instances import InstanceType
@@ -27,11 +29,14 @@ from agent.ipam.maxpods import max_pods
 from agent.ipam.planner import Decision, Limits, prefix_mode
 from agent.ipam.state import AddressInUse, Lease, NodeState, ReconcileReport
 from agent.pods import Attachment, NodeError, PodRequest, Pods
-from agent.pool import GROWING, PoolManager
+from agent.pool import PoolManager
 from agent.resync import Resync
 from agent.settings import Settings
 from agent.store import CheckpointStore, StoreError
 from datapath.port import Datapath
+
+if TYPE_CHECKING:
+    from agent.kube import EniConfigWatch
 
 log = logging.getLogger("vpcni.node")
 
@@ -126,6 +131,17 @@ class Node:
         )
         self.ready = False
         self.accepting = True
+        # Set when custom networking follows the ENIConfig in the Kubernetes API.
+        self.eni_config_watch: EniConfigWatch | None = None
+
+    def use_eni_config(self, subnet: str | None, security_groups: tuple[str, ...]) -> None:
+        """Custom networking: new ENIs go to `subnet` with `security_groups` (the primary ENI's
+        when empty); None holds ENI creation until the node's ENIConfig exists. ENIs already
+        attached keep what they were created with, as in aws-node."""
+        self.limits = dataclasses.replace(self.limits, new_eni_subnet=subnet)
+        self.pool.limits = self.limits
+        self.executor.security_groups = security_groups or self.identity.security_groups
+        self.wake()
 
     @property
     def plans(self) -> deque[PlanRecord]:
@@ -141,6 +157,10 @@ class Node:
 
     async def start(self) -> ReconcileReport:
         """EC2 describe → restore checkpoint → reconcile → datapath → pool manager."""
+        with self.counters.doing("nodeInit"):
+            return await self._start()
+
+    async def _start(self) -> ReconcileReport:
         report = await self.resyncer.initial()
         restored, dropped = self._restore()
         log.info(

@@ -205,9 +205,12 @@ class Pods:
             finally:
                 self.pool.waiting -= 1
 
-    async def delete(self, req: PodRequest) -> Lease | None:
-        """Release into cooldown and unwire; fine for an unknown container."""
+    async def delete(self, req: PodRequest, *, reason: str = "PodDeleted") -> Lease | None:
+        """Release into cooldown and unwire; fine for an unknown container. `reason` labels the
+        request in metrics (aws-node's `PodDeleted` for a CNI DEL)."""
         self.counters.delete += 1
+        reasons = self.counters.delete_reasons
+        reasons[reason] = reasons.get(reason, 0) + 1
         lease = self.state.lease(req.key)
         if lease is not None:
             eni = self.state.enis.get(lease.eni_id)
@@ -267,7 +270,7 @@ class Pods:
                 pod_namespace=lease.pod_namespace,
                 pod_name=lease.pod_name,
             )
-            if await self.delete(req) is not None:
+            if await self.delete(req, reason="GC") is not None:
                 released.append(lease)
         self.counters.gc_released += len(released)
         return released

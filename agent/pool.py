@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 
 from agent.counters import Counters
-from agent.executor import GROWING, Ec2Executor
+from agent.executor import Ec2Executor
 from agent.ipam.backoff import PrefixBackoff
 from agent.ipam.planner import Decision, Limits, plan
 from agent.ipam.state import NodeState
@@ -22,8 +22,6 @@ from agent.resync import Resync
 from agent.settings import Settings
 
 log = logging.getLogger("vpcni.pool")
-
-__all__ = ["GROWING", "PoolManager"]
 
 
 class PoolManager:

@@ -69,15 +69,28 @@ class Resync:
 
     async def resync(self) -> ReconcileReport:
         """Re-read ENIs and blocks from EC2 (the truth) and drop leases whose block vanished."""
-        views = await self.ec2.describe_enis(self.identity.instance_id)
-        report = self.state.reconcile(views)
+        with self.counters.doing("nodeIPPoolReconcile"):
+            views = await self.ec2.describe_enis(self.identity.instance_id)
+            report = self.state.reconcile(views)
         self.last = self.clock()
+        self.count(report)
         for eni_id in report.enis_added:
             await self.datapath.add_eni(eni_link(self.state.enis[eni_id]))
         if report.leases_dropped:
             self.counters.leases_dropped += len(report.leases_dropped)
             await self.store.commit()
         return report
+
+    def count(self, report: ReconcileReport) -> None:
+        """Record what a reconcile changed under aws-node's metric names."""
+        c = self.counters
+        c.reconciled("eniReconcileAdd", len(report.enis_added))
+        c.reconciled("eniReconcileDel", len(report.enis_removed))
+        c.reconciled("eniDataStorePoolReconcileAdd", report.blocks_added)
+        c.reconciled("eniIPPoolReconcileDel", report.blocks_removed)
+        gone = set(report.enis_removed)
+        c.force_removed_enis += len({lease.eni_id for lease in report.leases_dropped} & gone)
+        c.force_removed_ips += len(report.leases_dropped)
 
     async def quietly(self) -> bool:
         """Resync, logging (not raising) an EC2 failure; False then, and the pool manager's

@@ -1,7 +1,9 @@
 """Settings: command-line flags and environment → one frozen, validated `Settings`.
 
 Env names are the VPC CNI's where one exists, VPCNI_* otherwise; each flag's default comes from
-its env var. A bad value stops start-up with a message naming the variable and what it accepts.
+its env var. aws-node's variables keep aws-node's tolerance (Go ParseBool spellings; a value it
+would ignore means the default, with a warning naming the variable); a value no reading makes
+sense of, or a bad vpcni variable, stops start-up with a message naming it and what it accepts.
 """
 
 from __future__ import annotations
@@ -15,9 +17,22 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
+from agent.cloud.port import RESERVED_TAG_MARK
 from agent.ipam.planner import PoolSettings
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR")
+# aws-node's levels (case-insensitive) → Python's; FATAL is aws-node's highest.
+LOG_LEVELS = {
+    "DEBUG": "DEBUG",
+    "INFO": "INFO",
+    "WARN": "WARNING",
+    "WARNING": "WARNING",
+    "ERROR": "ERROR",
+    "FATAL": "CRITICAL",
+    "CRITICAL": "CRITICAL",
+}
+# Go's strconv.ParseBool, which aws-node reads every boolean with.
+TRUE_WORDS = ("1", "t", "T", "TRUE", "true", "True")
+FALSE_WORDS = ("0", "f", "F", "FALSE", "false", "False")
 
 
 class SettingsError(ValueError):
@@ -62,6 +77,19 @@ class Settings:
     additional_eni_tags: Mapping[str, str] = field(default_factory=dict)
     leaked_eni_cleanup: bool = True
     eni_config: Path | None = None
+    log_file: str = "stderr"  # AWS_VPC_K8S_CNI_LOG_FILE: a path, stdout or stderr
+    ec2_endpoint: str | None = None  # AWS_EC2_ENDPOINT: EC2 somewhere other than the region's
+    node_name: str | None = None  # MY_NODE_NAME (downward API): the Node object to watch
+    eni_config_annotation: str = "k8s.amazonaws.com/eniConfig"  # ENI_CONFIG_ANNOTATION_DEF
+    eni_config_label: str = "k8s.amazonaws.com/eniConfig"  # ENI_CONFIG_LABEL_DEF
+    # What start-up must say about the configuration (values aws-node tolerates that vpcni
+    # reads differently, variables it ignores): logged once logging is set up.
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def watches_kubernetes(self) -> bool:
+        """Does custom networking take the node's ENIConfig from the Kubernetes API?"""
+        return self.pool.custom_networking and self.eni_config is None and bool(self.node_name)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -73,6 +101,10 @@ class _Env:
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
     def raw(self, name: str) -> str | None:
         value = self.env.get(name)
@@ -83,10 +115,6 @@ class _Env:
         if value is None:
             return default
         return _int_in(name, value, lo, hi)
-
-    def opt_integer(self, name: str, *, lo: int, hi: int) -> int | None:
-        value = self.raw(name)
-        return None if value is None else _int_in(name, value, lo, hi)
 
     def number(self, name: str, default: float, *, lo: float, hi: float) -> float:
         value = self.raw(name)
@@ -101,15 +129,38 @@ class _Env:
         return number
 
     def flag(self, name: str, default: bool) -> bool:
+        """A boolean as Go's strconv.ParseBool reads it. For aws-node's variables a value it
+        cannot parse means the default (aws-node logs and goes on; so does vpcni, with a
+        warning); for vpcni's own it stops start-up."""
         value = self.raw(name)
         if value is None:
             return default
-        lowered = value.lower()
-        if lowered in ("true", "1", "yes"):
+        if value in TRUE_WORDS:
             return True
-        if lowered in ("false", "0", "no"):
+        if value in FALSE_WORDS:
             return False
-        raise SettingsError(f"{name}={value!r}: expected true or false")
+        if name.startswith("VPCNI_"):
+            raise SettingsError(f"{name}={value!r}: expected true or false")
+        self.warn(f"{name}={value!r} is not true or false: using the default, {default}")
+        return default
+
+    def target(self, name: str, default: int | None, *, hi: int) -> int | None:
+        """A warm-pool target as aws-node reads it: unparsable or negative means the default,
+        and for the IP targets 0 means unset too (aws-node's noWarmIPTarget is 0)."""
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            self.warn(f"{name}={value!r} is not an integer: using the default, {default}")
+            return default
+        if number < 0 or (number == 0 and default is None):
+            self.warn(f"{name}={value!r}: {number} means unset, using the default, {default}")
+            return default
+        if number > hi:
+            raise SettingsError(f"{name}={value!r}: expected an integer in [0, {hi}]")
+        return number
 
     def text(self, name: str, default: str) -> str:
         value = self.raw(name)
@@ -128,21 +179,45 @@ def _int_in(name: str, value: str, lo: int, hi: int) -> int:
 
 def pool_settings(env: Mapping[str, str]) -> PoolSettings:
     """The warm-pool knobs from the VPC CNI's env names."""
-    e = _Env(env)
+    return _pool_settings(_Env(env))
+
+
+def _pool_settings(e: _Env) -> PoolSettings:
     return PoolSettings(
         prefix_delegation=e.flag("ENABLE_PREFIX_DELEGATION", False),
-        warm_eni_target=e.integer("WARM_ENI_TARGET", 1, lo=0, hi=64),
-        warm_ip_target=e.opt_integer("WARM_IP_TARGET", lo=0, hi=65535),
-        minimum_ip_target=e.opt_integer("MINIMUM_IP_TARGET", lo=0, hi=65535),
-        warm_prefix_target=e.integer("WARM_PREFIX_TARGET", 0, lo=0, hi=1024),
-        max_eni=e.integer("MAX_ENI", -1, lo=-1, hi=128),
+        warm_eni_target=e.target("WARM_ENI_TARGET", 1, hi=64) or 0,
+        warm_ip_target=e.target("WARM_IP_TARGET", None, hi=65535),
+        minimum_ip_target=e.target("MINIMUM_IP_TARGET", None, hi=65535),
+        warm_prefix_target=e.target("WARM_PREFIX_TARGET", 0, hi=1024) or 0,
+        max_eni=_max_eni(e),
         ip_cooldown_period=e.number("IP_COOLDOWN_PERIOD", 30.0, lo=0, hi=86400),
         custom_networking=e.flag("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", False),
         prefix_fallback=e.flag("VPCNI_PREFIX_FALLBACK", True),
     )
 
 
-def _eni_tags(value: str | None) -> dict[str, str]:
+def _max_eni(e: _Env) -> int:
+    """MAX_ENI: aws-node takes any integer and treats one below 1 as no limit (-1 here)."""
+    value = e.raw("MAX_ENI")
+    if value is None:
+        return -1
+    try:
+        number = int(value)
+    except ValueError:
+        e.warn(f"MAX_ENI={value!r} is not an integer: no limit")
+        return -1
+    if number > 128:
+        raise SettingsError(f"MAX_ENI={value!r}: expected an integer in [-1, 128]")
+    if number < -1:
+        e.warn(f"MAX_ENI={value!r}: below 1 means no limit")
+    return number if number >= 1 else -1
+
+
+def _eni_tags(e: _Env) -> dict[str, str]:
+    """ADDITIONAL_ENI_TAGS as aws-node reads it: malformed JSON means no extra tags and a key
+    containing k8s.amazonaws.com is skipped, each with a warning; so is an `aws:` key, which
+    EC2 would refuse (and with it every CreateNetworkInterface)."""
+    value = e.raw("ADDITIONAL_ENI_TAGS")
     if value is None:
         return {}
     try:
@@ -152,19 +227,32 @@ def _eni_tags(value: str | None) -> dict[str, str]:
     if not isinstance(tags, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
     ):
-        raise SettingsError(
-            f"ADDITIONAL_ENI_TAGS={value!r}: expected a JSON object of strings, "
-            'like {"team": "net"}'
+        e.warn(
+            f"ADDITIONAL_ENI_TAGS={value!r} is not a JSON object of strings "
+            '(like {"team": "net"}): no extra tags'
         )
-    if any(k.startswith(("k8s.amazonaws.com", "kubernetes.io")) for k in tags):
-        raise SettingsError("ADDITIONAL_ENI_TAGS: keys under k8s.amazonaws.com are reserved")
-    return tags
+        return {}
+    kept = {}
+    for key, tag in tags.items():
+        if RESERVED_TAG_MARK in key or key.lower().startswith("aws:"):
+            e.warn(f"ADDITIONAL_ENI_TAGS: skipping reserved key {key!r}")
+        else:
+            kept[key] = tag
+    return kept
 
 
 def _address(name: str, value: str) -> str:
+    """HOST:PORT (empty HOST: every address), or unix:PATH for a Unix socket (aws-node's
+    INTROSPECTION_BIND_ADDRESS takes both)."""
+    if value.startswith("unix:"):
+        if not value[5:].startswith("/"):
+            raise SettingsError(f"{name}={value!r}: expected unix:/absolute/path")
+        return value
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"{name}={value!r}: expected HOST:PORT (HOST may be empty)")
+        raise SettingsError(
+            f"{name}={value!r}: expected HOST:PORT (HOST may be empty) or unix:/path"
+        )
     return value if host else f"0.0.0.0:{port}"
 
 
@@ -250,12 +338,27 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         raise SettingsError(
             f"AWS_VPC_K8S_CNI_LOGLEVEL={log_level!r}: expected one of {', '.join(LOG_LEVELS)}"
         )
+    log_file = e.text("AWS_VPC_K8S_CNI_LOG_FILE", "stderr")
+    if log_file not in ("stdout", "stderr") and not log_file.startswith("/"):
+        raise SettingsError(
+            f"AWS_VPC_K8S_CNI_LOG_FILE={log_file!r}: expected stdout, stderr or an absolute path"
+        )
+    for name, value, why in (
+        ("ENABLE_IPv6", True, "IPv6 pods are not supported"),
+        ("ENABLE_IPv4", False, "vpcni gives pods IPv4 addresses only"),
+        ("DISABLE_NETWORK_RESOURCE_PROVISIONING", True, "vpcni always manages the node's ENIs"),
+        ("ENABLE_IMDS_ONLY_MODE", True, "vpcni always manages the node's ENIs"),
+    ):
+        if e.flag(name, not value) is value:
+            raise SettingsError(f"{name}={e.raw(name)!r}: not supported, {why}")
     backing = e.raw("AWS_VPC_K8S_CNI_BACKING_STORE")
     eni_config = e.raw("VPCNI_ENI_CONFIG")
-    pool = pool_settings(env)
-    if pool.custom_networking and args.cloud == "aws" and eni_config is None:
+    pool = _pool_settings(e)
+    node_name = e.raw("MY_NODE_NAME")
+    if pool.custom_networking and args.cloud == "aws" and eni_config is None and not node_name:
         raise SettingsError(
-            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true needs VPCNI_ENI_CONFIG (an ENIConfig file)"
+            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true needs MY_NODE_NAME (the downward API's "
+            "spec.nodeName) to find the node's ENIConfig, or VPCNI_ENI_CONFIG (an ENIConfig file)"
         )
     return Settings(
         pool=pool,
@@ -272,7 +375,8 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         metrics=None
         if e.flag("DISABLE_METRICS", False)
         else _address("VPCNI_METRICS_BIND_ADDRESS", args.metrics),
-        log_level="WARNING" if log_level == "WARN" else log_level,
+        log_level=LOG_LEVELS[log_level],
+        log_file=log_file,
         mtu=mtu,
         pod_mtu=e.integer("POD_MTU", mtu, lo=576, hi=9001),
         veth_prefix=_veth_prefix(e.text("AWS_VPC_K8S_CNI_VETHPREFIX", "eni")),
@@ -281,10 +385,53 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         ec2_qps=e.number("VPCNI_EC2_QPS", 5.0, lo=0.1, hi=1000),
         ec2_burst=e.integer("VPCNI_EC2_BURST", 10, lo=1, hi=10000),
         cluster_name=e.text("CLUSTER_NAME", ""),
-        additional_eni_tags=_eni_tags(e.raw("ADDITIONAL_ENI_TAGS")),
+        additional_eni_tags=_eni_tags(e),
         leaked_eni_cleanup=not e.flag("DISABLE_LEAKED_ENI_CLEANUP", False),
         eni_config=Path(eni_config) if eni_config else None,
+        ec2_endpoint=_endpoint(e.raw("AWS_EC2_ENDPOINT")),
+        node_name=node_name,
+        eni_config_annotation=e.text("ENI_CONFIG_ANNOTATION_DEF", "k8s.amazonaws.com/eniConfig"),
+        eni_config_label=e.text("ENI_CONFIG_LABEL_DEF", "k8s.amazonaws.com/eniConfig"),
+        warnings=(*e.warnings, *_ignored(env)),
     )
+
+
+# aws-node variables vpcni reads but does not act on, and why: start-up names each one set.
+IGNORED = {
+    "AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER": "deprecated in aws-node; the agent sets what it needs",
+    "AWS_VPC_K8S_CNI_CONNMARK": "no iptables connmark: SNAT replies are matched in BPF",
+    "AWS_VPC_CNI_NODE_PORT_SUPPORT": "NodePort needs no rule in vpcni's datapath",
+    "ENABLE_NFTABLES": "vpcni installs no iptables or nftables rules",
+    "DISABLE_TCP_EARLY_DEMUX": "only needed for security groups for pods, unsupported",
+    "ENABLE_POD_ENI": "security groups for pods (trunk ENIs) are unsupported",
+    "POD_SECURITY_GROUP_ENFORCING_MODE": "security groups for pods are unsupported",
+    "ENABLE_BANDWIDTH_PLUGIN": "chain the bandwidth plugin in the conflist yourself",
+    "ANNOTATE_POD_IP": "vpcni does not write to the Kubernetes API",
+    "ENABLE_V6_EGRESS": "IPv6 is unsupported",
+    "ENABLE_V4_EGRESS": "IPv6 is unsupported (this is for IPv6 clusters)",
+    "DISABLE_POD_V6": "IPv6 is unsupported",
+    "AWS_MANAGE_ENIS_NON_SCHEDULABLE": "vpcni does not read the node's schedulability",
+    "NETWORK_POLICY_ENFORCING_MODE": "vpcni enforces no network policy",
+    "ENABLE_MULTI_NIC": "only network card 0 is used",
+    "AWS_EXTERNAL_SERVICE_CIDRS": "no iptables rules to exempt them from",
+    "CLUSTER_ENDPOINT": "vpcni uses the in-cluster service address",
+}
+
+
+def _ignored(env: Mapping[str, str]) -> list[str]:
+    return [
+        f"{name} is set but vpcni ignores it: {why}"
+        for name, why in IGNORED.items()
+        if (env.get(name) or "").strip()
+    ]
+
+
+def _endpoint(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.startswith(("https://", "http://")):
+        raise SettingsError(f"AWS_EC2_ENDPOINT={value!r}: expected a URL like https://ec2.example")
+    return value
 
 
 def _cidr(name: str, value: str) -> str:

@@ -22,16 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from agent.cni.install import install_shim
-from agent.demo import free_port, run_plugin, wait_ready
+from agent.demo import free_port, plugin_binary, run_plugin, wait_ready
 
 PODS = 40
 
 
 def _burst(wait_ms: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="vpcni-burst-"))
-    shim = work / "vpcni"
-    install_shim(shim, os.path.realpath(sys.executable))
+    plugin = plugin_binary()
     introspection = f"127.0.0.1:{free_port()}"
     env = {
         **os.environ,
@@ -57,7 +55,7 @@ def _burst(wait_ms: int) -> dict[str, Any]:
             delay, attempts = 1.0, 0
             while True:
                 attempts += 1
-                rc, _, _ = run_plugin([str(shim)], "ADD", conf, container=f"b{i}",
+                rc, _, _ = run_plugin([str(plugin)], "ADD", conf, container=f"b{i}",
                                       netns=f"/var/run/netns/b{i}", pod=f"p{i}")  # fmt: skip
                 if rc == 0:
                     return time.monotonic() - started, attempts

@@ -1,4 +1,6 @@
-"""CNI ADD/DEL latency: the vpcni shim + agent vs Debian's ptp + host-local, in one run.
+"""CNI ADD/DEL latency: the vpcni plugin (static Go binary) + agent vs Debian's ptp + host-local,
+in one run; plus the plugin's own cost: exec to VERSION answered (start-up), and exec to STATUS
+answered by the agent over its socket (start-up + one HTTP round trip, no pod work).
 
 Both wire a veth into a fresh pod netns with a /32 (vpcni) or a host-local address (ptp). The
 peer runs with its host side in its own netns via `nsenter --net` (nothing touches the root
@@ -19,8 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.cni.install import install_shim
-from agent.demo import free_port, run_plugin, wait_ready
+from agent.demo import free_port, plugin_binary, run_plugin, wait_ready
 
 PEER_DIR = Path("/usr/lib/cni")
 PEER_HOST = "vpcnibench-peer"
@@ -60,8 +61,7 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
     if not (PEER_DIR / "ptp").exists():
         raise SystemExit("peer missing: apt-get install containernetworking-plugins")
     work = Path(tempfile.mkdtemp(prefix="vpcni-bench-"))
-    shim = work / "vpcni"
-    install_shim(shim, os.path.realpath(sys.executable))
+    plugin = plugin_binary()
     node = f"vpcnibench-{datapath}"
     agent, _ = _start_agent(work, datapath, node)
     _netns(PEER_HOST, add=True)
@@ -79,7 +79,7 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         k: [] for k in ("ours_add", "ours_del", "peer_add", "peer_del")
     }
     nsenter = []
-    sides = (("ours", [str(shim)], ours_conf), ("peer", peer, peer_conf))
+    sides = (("ours", [str(plugin)], ours_conf), ("peer", peer, peer_conf))
 
     def both(command: str, i: int) -> None:
         """One CNI command for pod i, vpcni then the peer, timed."""
@@ -103,8 +103,10 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
             nsenter.append((time.perf_counter() - started) * 1000)
         for i in range(pods):
             both("DEL", i)
-        version_ours = [run_plugin([str(shim)], "VERSION", ours_conf, container="v", netns="",
+        version_ours = [run_plugin([str(plugin)], "VERSION", ours_conf, container="v", netns="",
                                    pod="v")[2] for _ in range(20)]  # fmt: skip
+        status_ours = [run_plugin([str(plugin)], "STATUS", ours_conf, container="s", netns="",
+                                  pod="s")[2] for _ in range(20)]  # fmt: skip
         version_peer = [run_plugin([str(PEER_DIR / "ptp")], "VERSION", peer_conf, container="v",
                                    netns="", pod="v")[2] for _ in range(20)]  # fmt: skip
     finally:
@@ -134,6 +136,7 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         "vpcni_version_ms": _median(version_ours),
         "peer_version_ms": _median(version_peer),
         "version_ratio": round(_median(version_ours) / _median(version_peer), 2),
+        "vpcni_status_ms": _median(status_ours),
     }
 
 

@@ -1,6 +1,8 @@
 #!/bin/sh
-# Container entrypoint: let bcc find kernel headers, install the CNI plugin and config on the
-# node, then become the agent ("$@", vpcni-agent by default) so SIGTERM reaches it directly.
+# Container entrypoint: let bcc find kernel headers, install the CNI plugins on the node, then
+# become the agent ("$@", vpcni-agent by default) so SIGTERM reaches it directly. The agent
+# writes the network config (from VPCNI_CONFLIST_TEMPLATE into HOST_CNI_CONFDIR_PATH) once it
+# is ready.
 set -eu
 # bcc compiles the tc programs against /lib/modules/$(uname -r)/build; the node's kernel is not
 # the image's, but the image's Debian headers carry the UAPI structs the programs need.
@@ -12,4 +14,5 @@ if [ ! -e "$kdir/build" ]; then
   fi
 fi
 "$(dirname "$0")/install-cni.sh"
+export VPCNI_CONFLIST_TEMPLATE="${VPCNI_CONFLIST_TEMPLATE:-$(dirname "$0")/10-vpcni.conflist}"
 exec "$@"

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 DEB_PKGS="python3-bpfcc libbpfcc linux-headers-amd64 iproute2 iptables nftables tcpdump iputils-ping
-  golang-go golang-github-appc-cni-dev"
+  golang-go golang-github-appc-cni-dev containernetworking-plugins"
 
 if [ "$(id -u)" = 0 ]; then
   missing=""

@@ -1,10 +1,11 @@
-"""The real agent as a subprocess, the real standalone shim, and the fixtures that start them
-(loaded for every test module through `pytest_plugins` in conftest.py)."""
+"""The real agent as a subprocess, the real `vpcni` plugin binary, and the fixtures that start
+them (loaded for every test module through `pytest_plugins` in conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -118,11 +119,29 @@ class Agent:
             raise AssertionError(f"agent ignored SIGTERM for {timeout} s:\n{self.tail()}") from None
 
 
+PLUGIN = REPO / "build" / "vpcni"
+_built: list[Path] = []
+
+
+def built_plugin() -> Path:
+    """build/vpcni, brought up to date by `make plugin` once per session (Debian's go, offline);
+    the test is skipped, saying why, where there is no go toolchain."""
+    if not _built:
+        if shutil.which("go") is None:
+            pytest.skip("no go toolchain to build the plugin (apt-get install golang-go)")
+        done = subprocess.run(
+            ["make", "-s", "plugin"], cwd=REPO, capture_output=True, timeout=300, check=False
+        )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        _built.append(PLUGIN)
+    return _built[0]
+
+
 @pytest.fixture(scope="module")
-def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The standalone /opt/cni/bin/vpcni as `agent.cni.install` writes it."""
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `vpcni` binary installed into a CNI bin dir of its own, as the installer does."""
     path = tmp_path_factory.mktemp("cni-bin") / "vpcni"
-    install.install_shim(path, sys.executable)
+    install.install_plugin(built_plugin(), path)
     return path
 
 
@@ -145,10 +164,10 @@ def start_agent(sock_dir: Path) -> Iterator[Any]:
 
 
 class Cni:
-    """Runs the shim as a runtime does: CNI_* environment, network config on stdin."""
+    """Runs the plugin as a runtime does: CNI_* environment, network config on stdin."""
 
-    def __init__(self, shim: Path, sock: Path) -> None:
-        self.shim = shim
+    def __init__(self, plugin: Path, sock: Path) -> None:
+        self.plugin = plugin
         self.config = {"cniVersion": "1.1.0", "name": "vpcni", "type": "vpcni", "socket": str(sock)}
 
     def __call__(
@@ -172,7 +191,7 @@ class Cni:
                 ),
             )
         done = subprocess.run(
-            [str(self.shim)],
+            [str(self.plugin)],
             input=json.dumps({**self.config, **(config or {})}).encode(),
             env=env,
             capture_output=True,

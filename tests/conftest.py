@@ -18,5 +18,5 @@ def sock_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-# The agent-as-a-subprocess fixtures (`shim`, `start_agent`) for every e2e module.
+# The agent-as-a-subprocess fixtures (`plugin`, `start_agent`) for every e2e module.
 pytest_plugins = ["tests.agent_harness"]

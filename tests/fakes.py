@@ -137,6 +137,7 @@ class ModelEc2:
         self.fail_next: dict[str, Ec2Error] = {}
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.codes: Counter[tuple[str, str]] = Counter()  # (action, error code) → failures
         self.latency: dict[str, Histogram] = {}
 
     async def _enter(self, action: str, *, mutating: bool = True) -> None:
@@ -154,6 +155,7 @@ class ModelEc2:
         error = self.fail_next.pop(action, None)
         if error is not None:
             self.errors[action] += 1
+            self.codes[action, error.code or type(error).__name__] += 1
             raise error
 
     def _run(self, action: str, fn: Any, *, subnet_id: str = "") -> Any:
@@ -161,6 +163,7 @@ class ModelEc2:
             return fn()
         except ApiError as e:
             self.errors[action] += 1
+            self.codes[action, e.code] += 1
             raise to_port_error(e, action=action, subnet_id=subnet_id) from e
 
     def view(self, eni: ModelEni) -> EniView:
@@ -267,6 +270,19 @@ class ModelEc2:
 
     def latency_histograms(self) -> Mapping[str, Histogram]:
         return {action: h.snapshot() for action, h in self.latency.items()}
+
+    def api_outcomes(self) -> Mapping[tuple[str, bool, str], tuple[int, float]]:
+        out: dict[tuple[str, bool, str], tuple[int, float]] = {}
+        for action, n in self.calls.items():
+            ok = n - self.errors[action]
+            if ok:
+                out[action, False, "200"] = (ok, 0.0)
+        for (action, code), n in self.codes.items():
+            out[action, True, code] = (n, 0.0)
+        return out
+
+    def api_errors(self) -> Mapping[tuple[str, str], int]:
+        return dict(self.codes)
 
 
 def settings(

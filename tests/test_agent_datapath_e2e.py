@@ -1,5 +1,5 @@
 """End to end with real pod networking: the agent on the emulator in a sandbox node netns,
-pods added through the real shim, traffic checked with ping (root; the bpf case needs bcc).
+pods added through the real plugin, traffic checked with ping (root; the bpf case needs bcc).
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ def tx_packets(device: str) -> int:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_pods_ping_and_survive_an_agent_restart(
-    mode: str, shim: Path, start_agent: Any, pods: Any
+    mode: str, plugin: Path, start_agent: Any, pods: Any
 ) -> None:
     agent = start_agent("--datapath", mode, "--host-netns", NODE)
     assert agent.get("/v1/datapath")["mode"] == mode
-    cni = Cni(shim, agent.socket)
+    cni = Cni(plugin, agent.socket)
     first, second = pods(2)
     ips = {}
     for netns in (first, second):
@@ -114,14 +114,14 @@ def test_pods_ping_and_survive_an_agent_restart(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_pod_on_a_secondary_eni_leaves_through_that_eni(
-    mode: str, shim: Path, start_agent: Any, pods: Any
+    mode: str, plugin: Path, start_agent: Any, pods: Any
 ) -> None:
     # Secondary-IP mode on an m5.large: 9 IPs on eth0, then a second ENI with 9 more.
     agent = start_agent(
         "--datapath", mode, "--host-netns", NODE,
         ENABLE_PREFIX_DELEGATION="false", WARM_PREFIX_TARGET="0", WARM_ENI_TARGET="1",
     )  # fmt: skip
-    cni = Cni(shim, agent.socket)
+    cni = Cni(plugin, agent.socket)
     names = pods(10)
     results = []
     for netns in names:
@@ -129,7 +129,7 @@ def test_a_pod_on_a_secondary_eni_leaves_through_that_eni(
         assert rc == 0, result
         results.append(result)
     by_ip = {pod["ip"]: pod for pod in agent.get("/v1/pods")}
-    enis = {eni["id"]: eni for eni in agent.get("/v1/enis")["enis"]}
+    enis = {eni["id"]: eni for eni in agent.get("/v1/enis?format=vpcni")["enis"]}
     on_secondary = [
         (netns, address(result))
         for netns, result in zip(names, results, strict=True)

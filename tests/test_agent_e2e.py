@@ -1,5 +1,5 @@
 """End to end: the real `vpcni-agent` on the embedded EC2 emulator (IPAM only), driven by the
-real standalone `vpcni` shim with CNI environment and stdin, exactly as a container runtime does.
+real `vpcni` plugin binary with CNI environment and stdin, exactly as a container runtime does.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from agent.ipam import checkpoint
 from tests.agent_harness import SUBNET, Cni, address
 
 
-def test_add_check_del_gc_status_version_through_the_shim(shim: Path, start_agent: Any) -> None:
+def test_add_check_del_gc_status_version_through_the_plugin(plugin: Path, start_agent: Any) -> None:
     agent = start_agent()
-    cni = Cni(shim, agent.socket)
+    cni = Cni(plugin, agent.socket)
 
     rc, version = cni("VERSION")
     assert rc == 0 and "1.1.0" in version["supportedVersions"]
@@ -69,12 +69,12 @@ def test_add_check_del_gc_status_version_through_the_shim(shim: Path, start_agen
         "vpcni_ec2_api_latency_seconds",
     ):
         assert name in metrics, name
-    assert "awscni_assigned_ip_addresses 1.0" in metrics
+    assert "awscni_assigned_ip_addresses 1\n" in metrics
 
 
-def test_100_concurrent_adds_get_100_distinct_addresses(shim: Path, start_agent: Any) -> None:
+def test_100_concurrent_adds_get_100_distinct_addresses(plugin: Path, start_agent: Any) -> None:
     agent = start_agent()
-    cni = Cni(shim, agent.socket)
+    cni = Cni(plugin, agent.socket)
 
     with ThreadPoolExecutor(max_workers=100) as pool:
         results = list(pool.map(lambda i: cni("ADD", f"pod{i:03d}"), range(100)))
@@ -88,26 +88,26 @@ def test_100_concurrent_adds_get_100_distinct_addresses(shim: Path, start_agent:
     }
 
 
-def test_add_while_the_pool_is_empty_waits_and_succeeds(shim: Path, start_agent: Any) -> None:
+def test_add_while_the_pool_is_empty_waits_and_succeeds(plugin: Path, start_agent: Any) -> None:
     # No warm prefix, and EC2 takes 0.6-2 s per assignment: the first ADD finds an empty pool.
     agent = start_agent("--sim-latency-scale", "2", WARM_PREFIX_TARGET="0")
-    cni = Cni(shim, agent.socket)
+    cni = Cni(plugin, agent.socket)
 
     rc, result = cni("ADD", "early")
 
     assert rc == 0, result
     assert IPv4Interface(result["ips"][0]["address"]).ip in SUBNET
-    assert "vpcni_add_waited_total 1.0" in agent.metrics()
+    assert "vpcni_add_waited_total 1\n" in agent.metrics()
     assert agent.get("/v1/pool")["plans"][-1]["outcome"] == "ok"
 
 
-def test_restart_restores_every_assignment(shim: Path, start_agent: Any, sock_dir: Path) -> None:
+def test_restart_restores_every_assignment(plugin: Path, start_agent: Any, sock_dir: Path) -> None:
     agent = start_agent()
-    cni = Cni(shim, agent.socket)
+    cni = Cni(plugin, agent.socket)
     with ThreadPoolExecutor(max_workers=20) as pool:
         assert all(rc == 0 for rc, _ in pool.map(lambda i: cni("ADD", f"p{i}"), range(20)))
     before = agent.get("/v1/pods")
-    enis_before = agent.get("/v1/enis")
+    enis_before = agent.get("/v1/enis?format=vpcni")
 
     assert agent.stop() == 0  # SIGTERM: clean exit
     saved = checkpoint.decode((sock_dir / "ipam.json").read_bytes())
@@ -115,7 +115,7 @@ def test_restart_restores_every_assignment(shim: Path, start_agent: Any, sock_di
 
     again = start_agent()
     assert again.get("/v1/pods") == before
-    assert again.get("/v1/enis")["assigned_ips"] == enis_before["assigned_ips"] == 20
+    assert again.get("/v1/enis?format=vpcni")["assigned_ips"] == enis_before["assigned_ips"] == 20
     # The restored leases behave as leases: ADD returns the same one, DEL releases it.
     rc, result = cni("ADD", "p0")
     assert rc == 0 and address(result) == next(p["ip"] for p in before if p["container_id"] == "p0")
@@ -123,33 +123,35 @@ def test_restart_restores_every_assignment(shim: Path, start_agent: Any, sock_di
     assert len(again.get("/v1/pods")) == 19
 
 
-def test_restart_keeps_pods_on_secondary_enis_where_they_were(shim: Path, start_agent: Any) -> None:
+def test_restart_keeps_pods_on_secondary_enis_where_they_were(
+    plugin: Path, start_agent: Any
+) -> None:
     # Secondary-IP mode: 9 IPs per ENI on an m5.large, so 12 pods need a second ENI.
     env = {"ENABLE_PREFIX_DELEGATION": "false", "WARM_ENI_TARGET": "1"}
     agent = start_agent(**env)
-    cni = Cni(shim, agent.socket)
+    cni = Cni(plugin, agent.socket)
     for i in range(12):
         assert cni("ADD", f"s{i}")[0] == 0
     before = agent.get("/v1/pods")
-    enis = agent.get("/v1/enis")["enis"]
+    enis = agent.get("/v1/enis?format=vpcni")["enis"]
     assert len({pod["eni_id"] for pod in before}) == 2
 
     assert agent.stop() == 0
     again = start_agent(**env)
     assert again.get("/v1/pods") == before
-    assert [(e["id"], e["mac"]) for e in again.get("/v1/enis")["enis"]][:2] == [
+    assert [(e["id"], e["mac"]) for e in again.get("/v1/enis?format=vpcni")["enis"]][:2] == [
         (e["id"], e["mac"]) for e in enis
     ][:2]
 
 
-def test_sigterm_finishes_an_add_in_flight(shim: Path, start_agent: Any, sock_dir: Path) -> None:
+def test_sigterm_finishes_an_add_in_flight(plugin: Path, start_agent: Any, sock_dir: Path) -> None:
     # The ADD waits for a slow first prefix; SIGTERM arrives meanwhile.
     agent = start_agent("--sim-latency-scale", "2", WARM_PREFIX_TARGET="0")
-    cni = Cni(shim, agent.socket)
+    cni = Cni(plugin, agent.socket)
     with ThreadPoolExecutor(max_workers=1) as pool:
         adding = pool.submit(cni, "ADD", "inflight")
         deadline = time.monotonic() + 10
-        while "\nawscni_add_ip_req_count 1.0\n" not in agent.metrics():
+        while "\nawscni_add_ip_req_count 1\n" not in agent.metrics():
             assert time.monotonic() < deadline, "the ADD never reached the agent"
             time.sleep(0.01)
 

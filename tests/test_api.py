@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.api import introspection
 from agent.api.server import serve
+from agent.cloud.port import Ec2Error
 from agent.ipam.state import IPAMKey
 from agent.node import Node
 from tests import fakes
@@ -28,7 +29,7 @@ NETWORK = "vpcni"
 
 
 def pod(container_id: str = "c1", version: str = "1.1.0", **overrides: Any) -> dict[str, Any]:
-    """A valid ADD/DEL/CHECK body, as the shim sends it."""
+    """A valid ADD/DEL/CHECK body, as the plugin sends it."""
     doc: dict[str, Any] = {
         "command": "ADD",
         "cniVersion": version,
@@ -72,7 +73,10 @@ class Api:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 labels = tuple(sorted(sample.labels.items()))
-                out.setdefault(sample.name, {})[labels] = sample.value
+                # The parser names every counter sample `_total` (OpenMetrics); key them by
+                # the name in the text, as Prometheus stores them.
+                name = family.name if family.type == "counter" else sample.name
+                out.setdefault(name, {})[labels] = sample.value
         return text, out
 
 
@@ -294,7 +298,7 @@ async def test_introspection_shapes(api: Api) -> None:
     lease = api.node.state.lease(pod_key("c1"))
     assert lease is not None
 
-    status, enis = await api.get("/v1/enis")
+    status, enis = await api.get("/v1/enis?format=vpcni")
     assert status == 200
     assert enis["mode"] == "prefix"
     assert enis["assigned_ips"] == 1 and enis["total_ips"] >= 16
@@ -331,10 +335,19 @@ async def test_introspection_shapes(api: Api) -> None:
 
     status, env = await api.get("/v1/ipamd-env-settings")
     assert status == 200
-    assert set(env) == set(introspection.IPAMD_ENV)
-    assert env["WARM_PREFIX_TARGET"] == "1" and env["ENABLE_PREFIX_DELEGATION"] == "true"
+    # aws-node's keys, typed as aws-node types them; an unset IP target is 0
+    assert env["WARM_PREFIX_TARGET"] == 1 and env["ENABLE_PREFIX_DELEGATION"] is True
+    assert env["WARM_IP_TARGET"] == 0 and env["WARM_ENI_TARGET"] == 1
+    assert env["AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG"] is False
     status, env = await api.get("/v1/networkutils-env-settings")
-    assert status == 200 and set(env) == set(introspection.NETWORKUTILS_ENV)
+    assert status == 200
+    assert env["AWS_VPC_ENI_MTU"] == 9001 and env["AWS_VPC_K8S_CNI_VETHPREFIX"] == "eni"
+
+    status, root = await api.get("/")
+    assert status == 200
+    assert {"/v1/enis", "/v1/ipamd-env-settings", "/v1/networkutils-env-settings"} <= set(
+        root["AvailableCommands"]
+    )
 
     assert await api.get("/healthz") == (200, {"ok": True})
     assert await api.get("/readyz") == (200, {"ready": True})
@@ -355,14 +368,15 @@ async def test_metrics_carry_the_vpc_cni_names(api: Api) -> None:
     assert m["awscni_total_ip_addresses"][()] >= 16
     assert m["awscni_total_ipv4_prefixes"][()] >= 1
     assert m["awscni_add_ip_req_count"][()] == 2
-    assert m["awscni_del_ip_req_count"][()] == 1
+    assert m["awscni_del_ip_req_count"][(("reason", "PodDeleted"),)] == 1
     assert m["awscni_ec2api_req_count"][(("fn", "assign_prefixes"),)] >= 1
-    assert (("api", "assign_prefixes"),) in m["awscni_aws_api_latency_ms_count"]
+    ok = (("api", "assign_prefixes"), ("error", "false"), ("status", "200"))
+    assert m["awscni_aws_api_latency_ms_count"][ok] >= 1
     calls = m["awscni_ec2api_req_count"][(("fn", "assign_prefixes"),)]
     inf = (("api", "assign_prefixes"), ("le", "+Inf"))
     assert m["vpcni_ec2_api_latency_seconds_bucket"][inf] == calls
     # The VPC CNI's bare counter names (no _total), as its dashboards and alerts query them.
-    assert "\nawscni_add_ip_req_count 2.0\n" in text
+    assert "\nawscni_add_ip_req_count 2\n" in text
     assert m["awscni_ipamd_error_count"][(("fn", "no_available_ip"),)] == 1
     assert m["vpcni_add_wait_ms_count"][()] == 2
     assert m["vpcni_add_wait_ms_bucket"][(("le", "+Inf"),)] == 2
@@ -431,3 +445,118 @@ async def test_a_checkpoint_that_cannot_be_written_is_try_again_and_nothing_leak
     assert (add_status, add_error["code"]) == (503, 11)
     assert (del_status, del_error["code"]) == (503, 11)
     assert [p["container_id"] for p in pods] == ["kept"]
+
+
+# aws-node's metric families (utils/prometheusmetrics, v1.23.1): name → (type, label names).
+AWS_NODE_METRICS = {
+    "awscni_ipamd_error_count": ("counter", {"fn"}),
+    "awscni_ipamd_action_inprogress": ("gauge", {"fn"}),
+    "awscni_eni_max": ("gauge", set()),
+    "awscni_ip_max": ("gauge", set()),
+    "awscni_reconcile_count": ("counter", {"fn"}),
+    "awscni_add_ip_req_count": ("counter", set()),
+    "awscni_del_ip_req_count": ("counter", {"reason"}),
+    "awscni_aws_api_latency_ms": ("summary", {"api", "error", "status"}),
+    "awscni_aws_api_error_count": ("counter", {"api", "error"}),
+    "awscni_ec2api_req_count": ("counter", {"fn"}),
+    "awscni_ec2api_error_count": ("counter", {"fn"}),
+    "awscni_eni_allocated": ("gauge", set()),
+    "awscni_total_ip_addresses": ("gauge", set()),
+    "awscni_assigned_ip_addresses": ("gauge", set()),
+    "awscni_force_removed_enis": ("counter", set()),
+    "awscni_force_removed_ips": ("counter", set()),
+    "awscni_total_ipv4_prefixes": ("gauge", set()),
+    "awscni_assigned_ip_per_cidr": ("gauge", {"cidr"}),
+    "awscni_no_available_ip_addresses": ("counter", set()),
+    "awscni_assigned_ip_per_eni": ("gauge", {"eni"}),
+    "awscni_ipamd_startup_duration_seconds": (
+        "histogram",
+        {"success", "with_api_server", "failure_reason"},
+    ),
+    "awscni_build_info": ("gauge", {"version", "goversion"}),
+}
+
+
+async def test_metrics_have_aws_node_types_and_labels(api: Api) -> None:
+    await api.post("/v1/cni/add", pod("c1"))
+    await api.post("/v1/cni/del", pod("c1"))
+    await api.post("/v1/cni/gc", {"config": {"name": NETWORK}, "validAttachments": []})
+    api.node.counters.startup_seconds = 2.5
+    ec2 = api.node.ec2
+    assert isinstance(ec2, fakes.ModelEc2)
+    ec2.fail_next["assign_ips"] = Ec2Error("slow down", code="RequestLimitExceeded")
+    with contextlib.suppress(Ec2Error):
+        await ec2.assign_ips(next(iter(api.node.state.enis)), 1)
+    text, _ = await api.metrics()
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, (kind, labels) in AWS_NODE_METRICS.items():
+        family = families[name]
+        assert family.type == kind, name
+        for sample in family.samples:
+            assert set(sample.labels) - {"le", "quantile"} == labels, (name, sample)
+    # counters keep their bare names in the text, as the Go client writes them
+    assert "# TYPE awscni_add_ip_req_count counter\n" in text
+    assert "# TYPE awscni_add_ip_req_count_total" not in text
+    # process metrics, as every Prometheus client exposes them
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+    startup = {
+        s.labels.get("le"): s.value
+        for s in families["awscni_ipamd_startup_duration_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
+    assert (startup["1"], startup["5"], startup["+Inf"]) == (0, 1, 1)
+    failed = families["awscni_aws_api_error_count"].samples
+    assert {(s.labels["api"], s.labels["error"], s.value) for s in failed} == {
+        ("assign_ips", "RequestLimitExceeded", 1)
+    }
+    per_eni = families["awscni_assigned_ip_per_eni"].samples
+    assert sum(s.value for s in per_eni) == 0 and per_eni
+
+
+async def test_assigned_per_cidr_and_eni_count_leases(api: Api) -> None:
+    for name in ("c1", "c2", "c3"):
+        await api.post("/v1/cni/add", pod(name))
+    _, m = await api.metrics()
+    lease = api.node.state.lease(pod_key("c1"))
+    assert lease is not None
+    assert m["awscni_assigned_ip_per_cidr"][(("cidr", str(lease.cidr)),)] == 3
+    assert m["awscni_assigned_ip_per_eni"][(("eni", lease.eni_id),)] == 3
+    assert m["awscni_ipamd_action_inprogress"] == {} or all(
+        v == 0 for v in m["awscni_ipamd_action_inprogress"].values()
+    )
+
+
+async def test_enis_in_aws_node_shape(api: Api) -> None:
+    await api.post("/v1/cni/add", pod("c1"))
+    lease = api.node.state.lease(pod_key("c1"))
+    assert lease is not None
+
+    status, body = await api.get("/v1/enis")
+
+    assert status == 200
+    card = body["0"]
+    assert (card["TotalIPs"], card["AssignedIPs"]) == (
+        api.node.state.stats(api.node.clock()).total,
+        1,
+    )
+    eni = card["ENIs"][lease.eni_id]
+    assert eni["ID"] == lease.eni_id and eni["IsPrimary"] is True and eni["DeviceNumber"] == 0
+    assert (eni["IsTrunk"], eni["IsEFA"], eni["IPv6Cidrs"]) == (False, False, {})
+    cidr = eni["AvailableIPv4Cidrs"][str(lease.cidr)]
+    assert cidr["IsPrefix"] is True and cidr["AddressFamily"] == "4"
+    # Go marshals net.IPNet's mask as base64 bytes
+    assert cidr["Cidr"] == {"IP": str(lease.cidr.network_address), "Mask": "////8A=="}
+    address = cidr["IPAddresses"][str(lease.ip)]
+    assert address["IPAMKey"] == {"networkName": NETWORK, "containerID": "", "ifName": ""}
+    assert address["IPAMMetadata"] == {"k8sPodNamespace": "default", "k8sPodName": "pod-c1"}
+    assert address["AssignedTime"].endswith("Z") and address["UnassignedTime"] == (
+        "0001-01-01T00:00:00Z"
+    )
+    assert (await api.get("/v1/enis?format=bogus"))[0] == 400
+
+
+def test_go_time_is_rfc3339_utc() -> None:
+    assert introspection.go_time(None) == "0001-01-01T00:00:00Z"
+    assert introspection.go_time(0) == "1970-01-01T00:00:00Z"
+    assert introspection.go_time(1.25) == "1970-01-01T00:00:01.25Z"

@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 
 from agent.cni import install
-from tests.agent_harness import REPO, SUBNET, address
+from tests.agent_harness import REPO, SUBNET, address, built_plugin
+from tests.privileges import needs_root
+
+PEER_PLUGINS = Path("/usr/lib/cni")
 
 GOPATH = Path(os.environ.get("VPCNI_LIBCNI_GOPATH", "/usr/share/gocode"))
 LIBCNI_SRC = GOPATH / "src/github.com/containernetworking/cni/libcni"
@@ -72,7 +75,12 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Libcni:
     """Runs the driver: libcni's CNIConfig with `bin` as its plugin path and its own cache."""
 
-    def __init__(self, driver: Path, bin_dir: Path, cache: Path) -> None:
+    def __init__(
+        self, driver: Path, bin_dir: Path, cache: Path, prefix: tuple[str, ...] = ()
+    ) -> None:
+        self.prefix = (
+            prefix  # e.g. `unshare --net`: chained plugins then act in a netns of their own
+        )
         self.driver = driver
         self.bin_dir = bin_dir
         self.cache = cache
@@ -80,7 +88,7 @@ class Libcni:
     def __call__(self, command: str, conf: Path, *target: str) -> tuple[int, Any]:
         flags = ["-bin", str(self.bin_dir), "-cache", str(self.cache)]
         done = subprocess.run(
-            [str(self.driver), *flags, command, str(conf), *target],
+            [*self.prefix, str(self.driver), *flags, command, str(conf), *target],
             capture_output=True,
             timeout=60,
             check=False,
@@ -112,7 +120,7 @@ def write_conflist(path: Path, version: str, sock: Path, log: Path, **extra: Any
 
 
 def requests(log: Path, command: str, container_id: str) -> list[dict[str, Any]]:
-    """The bodies the shim sent to the agent for `command` on `container_id`, oldest first."""
+    """The bodies the plugin sent to the agent for `command` on `container_id`, oldest first."""
     bodies = []
     for line in log.read_text().splitlines():
         entry = json.loads(line)
@@ -128,9 +136,9 @@ def netns(container_id: str) -> str:
 
 
 def test_version_negotiation_through_libcni(
-    driver: Path, shim: Path, tmp_path: Path, sock_dir: Path
+    driver: Path, plugin: Path, tmp_path: Path, sock_dir: Path
 ) -> None:
-    cni = Libcni(driver, shim.parent, tmp_path / "cache")
+    cni = Libcni(driver, plugin.parent, tmp_path / "cache")
     conf = write_conflist(tmp_path / "a.conflist", "1.0.0", sock_dir / "a.sock", tmp_path / "log")
 
     # VERSION needs no agent; libcni sends its own version (1.0.0) and decodes the answer.
@@ -146,16 +154,24 @@ def test_version_negotiation_through_libcni(
     assert rc == 1 and 'does not support config version "0.2.0"' in error["error"]
 
 
+@needs_root
+@pytest.mark.skipif(
+    not (PEER_PLUGINS / "portmap").exists(), reason="no containernetworking-plugins"
+)
 def test_add_check_del_with_the_shipped_conflist(
-    driver: Path, shim: Path, start_agent: Any, tmp_path: Path
+    driver: Path, start_agent: Any, tmp_path: Path
 ) -> None:
     agent = start_agent()
-    cni = Libcni(driver, shim.parent, tmp_path / "cache")
+    bin_dir = tmp_path / "bin"
+    install.install_plugins([built_plugin().parent, PEER_PLUGINS], bin_dir)
+    # portmap (chained) runs iptables: in a netns of the driver's own, never the node's.
+    cni = Libcni(driver, bin_dir, tmp_path / "cache", prefix=("unshare", "--net"))
     log = tmp_path / "plugin.log"
     conf_dir = tmp_path / "net.d"
-    # deploy/10-vpcni.conflist as install-cni.sh writes it: 1.0.0 plus "cniVersions", which
-    # libcni 1.1 ignores; loaded from the directory, as a runtime loads /etc/cni/net.d.
-    install.install_conflist(
+    # deploy/10-vpcni.conflist as the agent publishes it: 1.0.0 with portmap chained, and
+    # "cniVersions" (which libcni 1.1 ignores) limited to what the installed plugins speak;
+    # loaded from the directory, as a runtime loads /etc/cni/net.d.
+    written = install.install_conflist(
         REPO / "deploy" / "10-vpcni.conflist",
         conf_dir / "10-vpcni.conflist",
         {
@@ -163,7 +179,10 @@ def test_add_check_del_with_the_shipped_conflist(
             "AWS_VPC_K8S_PLUGIN_LOG_FILE": str(log),
             "AWS_VPC_K8S_PLUGIN_LOG_LEVEL": "debug",
         },
+        bin_dir,
     )
+    # Debian's portmap 1.1.1 speaks up to 1.0.0, so 1.1.0 is not offered even to libcni >= 1.2.
+    assert (written["cniVersion"], written["cniVersions"]) == ("1.0.0", ["1.0.0"])
 
     rc, result = cni("add", conf_dir, "c1", netns("c1"), "eth0")
     assert rc == 0, result
@@ -207,9 +226,11 @@ def test_add_check_del_with_the_shipped_conflist(
     assert rc == 1 and error["code"] == 3, error
 
 
-def test_add_check_del_at_0_4_0(driver: Path, shim: Path, start_agent: Any, tmp_path: Path) -> None:
+def test_add_check_del_at_0_4_0(
+    driver: Path, plugin: Path, start_agent: Any, tmp_path: Path
+) -> None:
     agent = start_agent()
-    cni = Libcni(driver, shim.parent, tmp_path / "cache")
+    cni = Libcni(driver, plugin.parent, tmp_path / "cache")
     log = tmp_path / "plugin.log"
     conf = write_conflist(tmp_path / "v040.conflist", "0.4.0", agent.socket, log)
 
@@ -228,9 +249,9 @@ def test_add_check_del_at_0_4_0(driver: Path, shim: Path, start_agent: Any, tmp_
     assert not cni.cache_file("old").exists()
 
 
-def test_add_del_at_0_3_1(driver: Path, shim: Path, start_agent: Any, tmp_path: Path) -> None:
+def test_add_del_at_0_3_1(driver: Path, plugin: Path, start_agent: Any, tmp_path: Path) -> None:
     agent = start_agent()
-    cni = Libcni(driver, shim.parent, tmp_path / "cache")
+    cni = Libcni(driver, plugin.parent, tmp_path / "cache")
     log = tmp_path / "plugin.log"
     conf = write_conflist(tmp_path / "v031.conflist", "0.3.1", agent.socket, log)
 
@@ -253,13 +274,13 @@ def test_add_del_at_0_3_1(driver: Path, shim: Path, start_agent: Any, tmp_path: 
 
 
 def test_a_1_1_0_only_conflist_breaks_libcni_1_1(
-    driver: Path, shim: Path, start_agent: Any, tmp_path: Path
+    driver: Path, plugin: Path, start_agent: Any, tmp_path: Path
 ) -> None:
     # Why deploy/10-vpcni.conflist keeps "cniVersion": "1.0.0" (docs/cni.md): libcni 1.1.x
     # (containerd 1.7) passes 1.1.0 through, the agent answers in 1.1.0, and libcni cannot
     # parse that result. DEL still works, so the runtime's cleanup releases the lease.
     agent = start_agent()
-    cni = Libcni(driver, shim.parent, tmp_path / "cache")
+    cni = Libcni(driver, plugin.parent, tmp_path / "cache")
     conf = write_conflist(tmp_path / "v110.conflist", "1.1.0", agent.socket, tmp_path / "log")
 
     rc, error = cni("add", conf, "new", netns("new"), "eth0")

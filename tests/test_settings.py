@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -174,19 +175,15 @@ def test_custom_networking_on_aws_needs_an_eni_config() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "accepts"),
     [
-        ("WARM_IP_TARGET", "abc", "[0, 65535]"),
-        ("WARM_IP_TARGET", "-1", "[0, 65535]"),
-        ("WARM_IP_TARGET", "1.5", "[0, 65535]"),
-        ("MINIMUM_IP_TARGET", "-3", "[0, 65535]"),
-        ("WARM_ENI_TARGET", "-1", "[0, 64]"),
-        ("WARM_PREFIX_TARGET", "x", "[0, 1024]"),
-        ("MAX_ENI", "-2", "[-1, 128]"),
+        ("WARM_IP_TARGET", "70000", "[0, 65535]"),
+        ("MINIMUM_IP_TARGET", "65536", "[0, 65535]"),
+        ("WARM_ENI_TARGET", "65", "[0, 64]"),
+        ("WARM_PREFIX_TARGET", "1025", "[0, 1024]"),
+        ("MAX_ENI", "129", "[-1, 128]"),
         ("IP_COOLDOWN_PERIOD", "-1", "[0, 86400]"),
         ("IP_COOLDOWN_PERIOD", "nan", "[0, 86400]"),
         ("IP_COOLDOWN_PERIOD", "soon", "[0, 86400]"),
-        ("ENABLE_PREFIX_DELEGATION", "maybe", "true or false"),
         ("VPCNI_PREFIX_FALLBACK", "2", "true or false"),
-        ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "on", "true or false"),
     ],
 )
 def test_bad_pool_values_name_the_variable_and_range(name: str, value: str, accepts: str) -> None:
@@ -197,6 +194,116 @@ def test_bad_pool_values_name_the_variable_and_range(name: str, value: str, acce
     # load() fails start-up the same way
     with pytest.raises(SettingsError, match=re.escape(name)):
         load([], SIM | {name: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "expected"),
+    [
+        # aws-node reads these and goes on with its default: so does vpcni, saying so
+        ("WARM_IP_TARGET", "abc", "warm_ip_target", None),
+        ("WARM_IP_TARGET", "-1", "warm_ip_target", None),
+        ("WARM_IP_TARGET", "0", "warm_ip_target", None),
+        ("WARM_IP_TARGET", "1.5", "warm_ip_target", None),
+        ("MINIMUM_IP_TARGET", "-3", "minimum_ip_target", None),
+        ("MINIMUM_IP_TARGET", "0", "minimum_ip_target", None),
+        ("WARM_ENI_TARGET", "-1", "warm_eni_target", 1),
+        ("WARM_PREFIX_TARGET", "x", "warm_prefix_target", 0),
+        ("WARM_PREFIX_TARGET", "-2", "warm_prefix_target", 0),
+        ("MAX_ENI", "-2", "max_eni", -1),
+        ("MAX_ENI", "0", "max_eni", -1),
+        ("MAX_ENI", "many", "max_eni", -1),
+        ("ENABLE_PREFIX_DELEGATION", "maybe", "prefix_delegation", False),
+        ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "on", "custom_networking", False),
+    ],
+)
+def test_values_aws_node_tolerates_start_with_a_warning(
+    name: str, value: str, field: str, expected: object
+) -> None:
+    s = load([], SIM | {name: value})
+    assert getattr(s.pool, field) == expected
+    if name != "MAX_ENI" or value != "0":  # 0 is aws-node's documented "no limit"
+        assert any(name in w and repr(value) in w for w in s.warnings), s.warnings
+
+
+@pytest.mark.parametrize("word", ["1", "t", "T", "TRUE", "true", "True"])
+def test_booleans_read_as_go_parsebool_true(word: str) -> None:
+    s = load([], SIM | {"ENABLE_PREFIX_DELEGATION": word, "DISABLE_METRICS": word})
+    assert s.pool.prefix_delegation and s.metrics is None and not s.warnings
+
+
+@pytest.mark.parametrize("word", ["0", "f", "F", "FALSE", "false", "False"])
+def test_booleans_read_as_go_parsebool_false(word: str) -> None:
+    s = load([], SIM | {"ENABLE_PREFIX_DELEGATION": word, "DISABLE_METRICS": word})
+    assert not s.pool.prefix_delegation and s.metrics is not None and not s.warnings
+
+
+def test_valid_targets_give_no_warning() -> None:
+    s = load([], SIM | {"WARM_IP_TARGET": "5", "MINIMUM_IP_TARGET": "10", "WARM_ENI_TARGET": "0"})
+    assert (s.pool.warm_ip_target, s.pool.minimum_ip_target) == (5, 10)
+    assert s.pool.warm_eni_target == 0 and s.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "level"),
+    [("FATAL", "CRITICAL"), ("fatal", "CRITICAL"), ("Debug", "DEBUG"), ("warn", "WARNING")],
+)
+def test_log_levels_as_aws_node_spells_them(value: str, level: str) -> None:
+    assert load([], SIM | {"AWS_VPC_K8S_CNI_LOGLEVEL": value}).log_level == level
+
+
+@pytest.mark.parametrize("value", ["stdout", "stderr", "/var/log/aws-routed-eni/ipamd.log"])
+def test_log_file(value: str) -> None:
+    assert load([], SIM | {"AWS_VPC_K8S_CNI_LOG_FILE": value}).log_file == value
+
+
+def test_introspection_on_a_unix_socket() -> None:
+    s = load([], SIM | {"INTROSPECTION_BIND_ADDRESS": "unix:/run/vpcni/introspect.sock"})
+    assert s.introspection == "unix:/run/vpcni/introspect.sock"
+
+
+def test_reserved_eni_tags_are_skipped_with_a_warning() -> None:
+    tags = {
+        "team": "net",
+        "k8s.amazonaws.com/x": "1",
+        "example.k8s.amazonaws.com/y": "2",  # containing, not only starting with
+        "aws:owner": "3",  # EC2 refuses aws: keys
+        "kubernetes.io/role": "4",  # aws-node keeps these, and so does vpcni
+    }
+    s = load([], SIM | {"ADDITIONAL_ENI_TAGS": json.dumps(tags)})
+    assert s.additional_eni_tags == {"team": "net", "kubernetes.io/role": "4"}
+    skipped = [w for w in s.warnings if "ADDITIONAL_ENI_TAGS" in w]
+    assert len(skipped) == 3
+
+
+@pytest.mark.parametrize("value", ["team=net", '["team"]', '{"team": 1}'])
+def test_malformed_eni_tags_mean_none(value: str) -> None:
+    s = load([], SIM | {"ADDITIONAL_ENI_TAGS": value})
+    assert s.additional_eni_tags == {}
+    assert any("ADDITIONAL_ENI_TAGS" in w for w in s.warnings)
+
+
+def test_ignored_variables_are_named_at_start() -> None:
+    s = load([], SIM | {"AWS_VPC_K8S_CNI_CONNMARK": "0x80", "ENABLE_POD_ENI": "true"})
+    assert sorted(w.split()[0] for w in s.warnings) == [
+        "AWS_VPC_K8S_CNI_CONNMARK",
+        "ENABLE_POD_ENI",
+    ]
+    assert all("ignores it" in w for w in s.warnings)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ENABLE_IPv6", "true"),
+        ("ENABLE_IPv4", "false"),
+        ("DISABLE_NETWORK_RESOURCE_PROVISIONING", "true"),
+        ("ENABLE_IMDS_ONLY_MODE", "T"),
+    ],
+)
+def test_modes_vpcni_cannot_run_stop_start_up(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"{name}.*not supported"):
+        load([], SIM | {name: value})
+    load([], SIM | {name: "false" if value.lower() in ("true", "t") else "true"})
 
 
 @pytest.mark.parametrize(
@@ -211,11 +318,8 @@ def test_bad_pool_values_name_the_variable_and_range(name: str, value: str, acce
         ("AWS_VPC_K8S_CNI_VETHPREFIX", "Eni", "1-4 lowercase"),
         ("AWS_VPC_K8S_CNI_VETHPREFIX", "lo", "not eth, lo or vlan"),
         ("AWS_VPC_K8S_CNI_LOGLEVEL", "chatty", "DEBUG"),
-        ("ADDITIONAL_ENI_TAGS", "team=net", "JSON object of strings"),
-        ("ADDITIONAL_ENI_TAGS", '["team"]', "JSON object of strings"),
-        ("ADDITIONAL_ENI_TAGS", '{"team": 1}', "JSON object of strings"),
-        ("ADDITIONAL_ENI_TAGS", '{"k8s.amazonaws.com/x": "y"}', "reserved"),
-        ("ADDITIONAL_ENI_TAGS", '{"kubernetes.io/x": "y"}', "reserved"),
+        ("AWS_VPC_K8S_CNI_LOG_FILE", "ipamd.log", "absolute path"),
+        ("INTROSPECTION_BIND_ADDRESS", "unix:relative.sock", "unix:/absolute/path"),
         ("INTROSPECTION_BIND_ADDRESS", "localhost", "HOST:PORT"),
         ("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:70000", "HOST:PORT"),
         ("VPCNI_METRICS_BIND_ADDRESS", "host:port", "HOST:PORT"),
@@ -223,7 +327,7 @@ def test_bad_pool_values_name_the_variable_and_range(name: str, value: str, acce
         ("VPCNI_POOL_PERIOD", "0", "[0.1, 3600]"),
         ("VPCNI_EC2_QPS", "0", "[0.1, 1000]"),
         ("VPCNI_EC2_BURST", "0", "[1, 10000]"),
-        ("DISABLE_METRICS", "yes please", "true or false"),
+        ("VPCNI_PREFIX_FALLBACK", "yes", "true or false"),
     ],
 )
 def test_bad_agent_values_name_the_variable_and_range(name: str, value: str, accepts: str) -> None:
@@ -266,3 +370,16 @@ def test_bad_choice_flags_exit_like_argparse(capsys: pytest.CaptureFixture[str])
         load(["--datapath", "ebpf"], {})
     assert info.value.code == 2
     assert "ebpf" in capsys.readouterr().err
+
+
+def test_process_age_agrees_with_ps() -> None:
+    import os
+    import subprocess
+
+    from agent.main import process_age
+
+    age = process_age()
+    etimes = subprocess.run(
+        ["ps", "-o", "etimes=", "-p", str(os.getpid())], capture_output=True, text=True, check=True
+    ).stdout
+    assert age is not None and abs(age - int(etimes)) <= 2

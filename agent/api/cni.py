@@ -1,4 +1,4 @@
-"""The CNI API on the agent's Unix socket: the shim's requests in, CNI results out.
+"""The CNI API on the agent's Unix socket: the plugin's requests in, CNI results out.
 
 Validation happens here, before the node sees anything; every failure is a 4xx with a CNI error
 body `{"code", "msg", "details"}` (4 bad env, 6 decode, 7 invalid config, 3 unknown container,

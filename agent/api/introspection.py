@@ -5,7 +5,8 @@ Served on TCP (INTROSPECTION_BIND_ADDRESS) and on the agent's Unix socket. Read-
 
 from __future__ import annotations
 
-import os
+import base64
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -16,42 +17,9 @@ from agent.executor import describe
 from agent.ipam.planner import prefix_mode
 from agent.node import Node
 
-# The VPC CNI's /v1/ipamd-env-settings and /v1/networkutils-env-settings keys.
-IPAMD_ENV = (
-    "AWS_VPC_CNI_NODE_PORT_SUPPORT",
-    "AWS_VPC_ENI_MTU",
-    "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
-    "AWS_VPC_K8S_CNI_VETHPREFIX",
-    "AWS_VPC_K8S_CNI_LOGLEVEL",
-    "AWS_VPC_K8S_CNI_BACKING_STORE",
-    "ENABLE_PREFIX_DELEGATION",
-    "WARM_ENI_TARGET",
-    "WARM_IP_TARGET",
-    "MINIMUM_IP_TARGET",
-    "WARM_PREFIX_TARGET",
-    "MAX_ENI",
-    "IP_COOLDOWN_PERIOD",
-    "DISABLE_INTROSPECTION",
-    "DISABLE_METRICS",
-    "DISABLE_LEAKED_ENI_CLEANUP",
-    "CLUSTER_NAME",
-    "ADDITIONAL_ENI_TAGS",
-    "VPCNI_PREFIX_FALLBACK",
-    "VPCNI_ADD_WAIT_MS",
-    "VPCNI_EC2_QPS",
-    "VPCNI_EC2_BURST",
-)
-NETWORKUTILS_ENV = (
-    "AWS_VPC_K8S_CNI_VETHPREFIX",
-    "AWS_VPC_ENI_MTU",
-    "POD_MTU",
-    "AWS_VPC_K8S_CNI_EXTERNALSNAT",
-    "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
-)
-
 
 def enis(node: Node) -> dict[str, Any]:
-    """GET /v1/enis."""
+    """GET /v1/enis?format=vpcni: vpcni's own shape (per block counts, MACs, subnets)."""
     now = node.clock()
     stats = node.state.stats(now)
     out = []
@@ -84,6 +52,133 @@ def enis(node: Node) -> dict[str, Any]:
         "cooling_ips": stats.cooling,
         "enis": out,
     }
+
+
+def aws_node_enis(node: Node) -> dict[str, Any]:
+    """GET /v1/enis: aws-node's shape (`map[networkCard]ENIInfos`, Go's JSON field names), so
+    scripts and jq filters written for aws-node keep working. Only network card 0 is managed.
+    Container IDs and interface names are blanked, as aws-node blanks them."""
+    now = node.clock()
+    stats = node.state.stats(now)
+    cooldown = node.settings.pool.ip_cooldown_period
+    leases = {lease.ip: lease for lease in node.state.leases()}
+    out: dict[str, Any] = {}
+    for eni in node.state.enis.values():
+        cidrs: dict[str, Any] = {}
+        for block in eni.blocks.values():
+            addresses: dict[str, Any] = {}
+            for bit in range(block.size):
+                ip = block.address(bit)
+                lease = leases.get(ip) if block.assigned >> bit & 1 else None
+                cool_until = block.cooling.get(bit)
+                if lease is None and cool_until is None:
+                    continue
+                addresses[str(ip)] = {
+                    "Address": str(ip),
+                    "IPAMKey": {
+                        "networkName": lease.key.network_name if lease else "",
+                        "containerID": "",
+                        "ifName": "",
+                    },
+                    "IPAMMetadata": {
+                        "k8sPodNamespace": lease.pod_namespace if lease else "",
+                        "k8sPodName": lease.pod_name if lease else "",
+                    },
+                    "AssignedTime": go_time(lease.assigned_at if lease else None),
+                    "UnassignedTime": go_time(
+                        None if lease or cool_until is None else cool_until - cooldown
+                    ),
+                }
+            cidrs[str(block.cidr)] = {
+                "Cidr": {
+                    "IP": str(block.cidr.network_address),
+                    "Mask": base64.b64encode(block.cidr.netmask.packed).decode(),
+                },
+                "IPAddresses": addresses,
+                "IsPrefix": block.is_prefix,
+                "AddressFamily": "4",
+            }
+        out[eni.id] = {
+            "ID": eni.id,
+            "IsPrimary": eni.primary,
+            "IsTrunk": False,
+            "IsEFA": False,
+            "DeviceNumber": eni.device_number,
+            "AvailableIPv4Cidrs": cidrs,
+            "IPv6Cidrs": {},
+            "IsExcludedForPodIPs": node.state.custom_networking and eni.primary,
+            "RouteTableID": MAIN_TABLE if eni.primary else eni.device_number + 1,
+            "SubnetID": eni.subnet_id,
+        }
+    return {"0": {"TotalIPs": stats.total, "AssignedIPs": stats.assigned, "ENIs": out}}
+
+
+# The primary ENI uses the node's main table; ENI n uses table n + 1, as in the VPC CNI.
+MAIN_TABLE = 254
+_GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def go_time(epoch: float | None) -> str:
+    """A time as Go's encoding/json writes time.Time (RFC 3339, UTC); None is Go's zero."""
+    if epoch is None:
+        return _GO_ZERO_TIME
+    stamp = datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="microseconds")
+    whole, _, fraction = stamp.removesuffix("+00:00").partition(".")
+    fraction = fraction.rstrip("0")
+    return f"{whole}.{fraction}Z" if fraction else f"{whole}Z"
+
+
+def ipamd_env(node: Node) -> dict[str, Any]:
+    """GET /v1/ipamd-env-settings: aws-node's keys with the values in force, typed as aws-node
+    types them (an unset IP target is 0), then vpcni's own."""
+    pool = node.settings.pool
+    return {
+        "WARM_IP_TARGET": pool.warm_ip_target or 0,
+        "WARM_ENI_TARGET": pool.warm_eni_target,
+        "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG": pool.custom_networking,
+        "MINIMUM_IP_TARGET": pool.minimum_ip_target or 0,
+        "WARM_PREFIX_TARGET": pool.warm_prefix_target,
+        "ENABLE_PREFIX_DELEGATION": pool.prefix_delegation,
+        "MAX_ENI": pool.max_eni,
+        "IP_COOLDOWN_PERIOD": pool.ip_cooldown_period,
+        "DISABLE_LEAKED_ENI_CLEANUP": not node.settings.leaked_eni_cleanup,
+        "CLUSTER_NAME": node.settings.cluster_name,
+        "ADDITIONAL_ENI_TAGS": dict(node.settings.additional_eni_tags),
+        "VPCNI_PREFIX_FALLBACK": pool.prefix_fallback,
+        "VPCNI_ADD_WAIT_MS": node.settings.add_wait_ms,
+        "VPCNI_EC2_QPS": node.settings.ec2_qps,
+        "VPCNI_EC2_BURST": node.settings.ec2_burst,
+        "VPCNI_IGNORED": [w.split()[0] for w in node.settings.warnings if "ignores it" in w],
+    }
+
+
+def networkutils_env(node: Node) -> dict[str, Any]:
+    """GET /v1/networkutils-env-settings: the datapath settings in force."""
+    return {
+        "AWS_VPC_ENI_MTU": node.settings.mtu,
+        "POD_MTU": node.settings.pod_mtu,
+        "AWS_VPC_K8S_CNI_VETHPREFIX": node.settings.veth_prefix,
+        "VPCNI_DATAPATH": node.datapath.mode,
+    }
+
+
+def eni_configs(node: Node) -> dict[str, Any]:
+    """GET /v1/eni-configs: the ENIConfig in force for new ENIs, where it came from and the
+    Kubernetes watch behind it (aws-node answers with the spec alone)."""
+    out: dict[str, Any] = {
+        "custom_networking": node.settings.pool.custom_networking,
+        "subnet": node.limits.new_eni_subnet,
+        "securityGroups": list(node.executor.security_groups),
+    }
+    watch = node.eni_config_watch
+    if watch is not None:
+        choice = watch.choice
+        out["name"] = choice.name if choice else None
+        out["source"] = choice.source if choice else "waiting for the first list"
+        out["kubernetes"] = watch.status.view()
+    elif node.settings.eni_config is not None:
+        out["source"] = f"file {node.settings.eni_config} (VPCNI_ENI_CONFIG)"
+    return out
 
 
 def pods(node: Node) -> list[dict[str, Any]]:
@@ -164,10 +259,6 @@ def pool(node: Node) -> dict[str, Any]:
     }
 
 
-def _env(keys: tuple[str, ...]) -> dict[str, str]:
-    return {key: os.environ.get(key, "") for key in keys}
-
-
 def routes() -> list[web.RouteDef]:
     """The introspection GET routes."""
 
@@ -182,17 +273,34 @@ def routes() -> list[web.RouteDef]:
 
     async def readyz(request: web.Request) -> web.Response:
         node = request.app[NODE]
-        if node.ready and node.accepting:
-            return json_response({"ready": True})
-        return json_response({"ready": False}, status=503)
+        body: dict[str, Any] = {"ready": node.ready and node.accepting}
+        # The API server's state is a detail, not a condition: ADD and DEL never need it.
+        if node.eni_config_watch is not None:
+            body["kubernetes"] = node.eni_config_watch.status.view()
+        return json_response(body, status=200 if body["ready"] else 503)
 
-    return [
-        web.get("/v1/enis", view(enis)),
+    async def eni_view(request: web.Request) -> web.Response:
+        node = request.app[NODE]
+        fmt = request.query.get("format", "aws-node")
+        if fmt not in ("aws-node", "vpcni"):
+            return json_response({"error": "format must be aws-node or vpcni"}, status=400)
+        return json_response(enis(node) if fmt == "vpcni" else aws_node_enis(node))
+
+    paths = [
+        web.get("/v1/enis", eni_view),
         web.get("/v1/pods", view(pods)),
         web.get("/v1/pool", view(pool)),
         web.get("/v1/datapath", view(lambda node: dict(node.datapath.status()))),
-        web.get("/v1/ipamd-env-settings", view(lambda node: _env(IPAMD_ENV))),
-        web.get("/v1/networkutils-env-settings", view(lambda node: _env(NETWORKUTILS_ENV))),
+        web.get("/v1/eni-configs", view(eni_configs)),
+        web.get("/v1/ipamd-env-settings", view(ipamd_env)),
+        web.get("/v1/networkutils-env-settings", view(networkutils_env)),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
     ]
+    # aws-node answers `/` with the list of its paths ({"AvailableCommands": [...]}).
+    listing = {"AvailableCommands": sorted(route.path for route in paths)}
+
+    async def root(request: web.Request) -> web.Response:
+        return json_response(listing)
+
+    return [*paths, web.get("/", root)]

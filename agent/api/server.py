@@ -245,11 +245,17 @@ async def _start(
     ):
         if address is None:
             continue
+        runner = web.AppRunner(app(node, routes), access_log=None, logger=HTTP_LOG)
+        await runner.setup()
+        runners.append(runner)
+        if address.startswith("unix:"):  # INTROSPECTION_BIND_ADDRESS=unix:/path, as aws-node
+            path = Path(address[5:])
+            prepare_socket_dir(path.parent)
+            _remove_stale(path)
+            await web.UnixSite(runner, str(path)).start()
+            continue
         host, port = _split(address)
-        tcp = web.AppRunner(app(node, routes), access_log=None, logger=HTTP_LOG)
-        await tcp.setup()
-        runners.append(tcp)
-        await web.TCPSite(tcp, host, port, reuse_address=True).start()
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
 
 
 class SocketPathError(RuntimeError):

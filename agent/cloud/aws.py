@@ -31,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from agent.cloud.port import (
+    RESERVED_TAG_MARK,
     Ec2Error,
     EniSpec,
     InsufficientCidr,
@@ -62,7 +63,6 @@ INSTANCE_TAG = "node.k8s.amazonaws.com/instance_id"
 CREATED_AT_TAG = "node.k8s.amazonaws.com/createdAt"
 CLUSTER_TAG = "cluster.k8s.amazonaws.com/name"
 DESCRIPTION_PREFIX = "aws-K8S-"
-RESERVED_TAG_MARK = "k8s.amazonaws.com"
 
 THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 INSUFFICIENT_CIDR_CODES = frozenset({"InsufficientCidrBlocks", "InsufficientFreeAddressesInSubnet"})
@@ -172,10 +172,19 @@ class _ActionStats:
     max_s: float = 0.0
     wait_s: float = 0.0  # time spent waiting for the token bucket
     latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))  # seconds
+    # aws-node's awscni_aws_api_latency_ms labels: (error?, status) → [requests, total ms]
+    # where status is "200" or the error code; and error code → failed requests.
+    outcomes: dict[tuple[bool, str], list[float]] = field(default_factory=dict)
+    error_codes: dict[str, int] = field(default_factory=dict)
 
-    def observe(self, seconds: float) -> None:
+    def observe(self, seconds: float, error: str | None = None) -> None:
         self.max_s = max(self.max_s, seconds)
         self.latency.observe(seconds)
+        outcome = self.outcomes.setdefault((error is not None, error or "200"), [0, 0.0])
+        outcome[0] += 1
+        outcome[1] += seconds * 1000.0
+        if error is not None:
+            self.error_codes[error] = self.error_codes.get(error, 0) + 1
 
 
 class Ec2Adapter:
@@ -459,6 +468,22 @@ class Ec2Adapter:
         """Per action: the latency (seconds) of every request sent."""
         return {action: s.latency.snapshot() for action, s in self._stats.items()}
 
+    def api_outcomes(self) -> Mapping[tuple[str, bool, str], tuple[int, float]]:
+        """(action, failed, "200" or the error code) → (requests, total ms)."""
+        return {
+            (action, failed, status): (int(count), total)
+            for action, s in self._stats.items()
+            for (failed, status), (count, total) in s.outcomes.items()
+        }
+
+    def api_errors(self) -> Mapping[tuple[str, str], int]:
+        """(action, error code) → failed requests."""
+        return {
+            (action, code): count
+            for action, s in self._stats.items()
+            for code, count in s.error_codes.items()
+        }
+
     async def close(self) -> None:
         """Wait for requests in flight, then release the threads and connections."""
         await asyncio.to_thread(self._shutdown)
@@ -508,11 +533,15 @@ class Ec2Adapter:
             finally:
                 elapsed = time.perf_counter() - start
 
+        error: str | None = None
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        except (ClientError, BotoCoreError) as exc:
+            error = _error_code(exc) or type(exc).__name__
+            raise
         finally:
             if elapsed is not None:  # None: cancelled while the request is still running
-                stats.observe(elapsed)
+                stats.observe(elapsed, error)
 
     def _ec2(self) -> EC2Client:
         # Built lazily on a pool thread: loading botocore's models takes ~100 ms of CPU.

@@ -14,6 +14,9 @@ from typing import Protocol
 from agent.histogram import Histogram
 from agent.ipam.state import EniView
 
+# Tag keys containing this belong to the VPC CNI's (and vpcni's) own bookkeeping.
+RESERVED_TAG_MARK = "k8s.amazonaws.com"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeIdentity:
@@ -114,4 +117,12 @@ class Ec2Port(Protocol):
 
     def latency_histograms(self) -> Mapping[str, Histogram]:
         """Per action: the latency (seconds) of every request sent."""
+        ...
+
+    def api_outcomes(self) -> Mapping[tuple[str, bool, str], tuple[int, float]]:
+        """(action, failed, "200" or the error code) → (requests, total ms)."""
+        ...
+
+    def api_errors(self) -> Mapping[tuple[str, str], int]:
+        """(action, error code) → failed requests."""
         ...

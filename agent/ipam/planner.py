@@ -107,7 +107,9 @@ class Limits:
 
     instance: InstanceType
     max_pods: int
-    new_eni_subnet: str  # where CreateEni goes (primary subnet, or the ENIConfig's)
+    # Where CreateEni goes (the primary ENI's subnet, or the ENIConfig's); None while custom
+    # networking has no ENIConfig for the node yet: no ENI is created until it has one.
+    new_eni_subnet: str | None
 
 
 def prefix_mode(settings: PoolSettings, instance: InstanceType) -> bool:
@@ -379,6 +381,13 @@ class _Round:
         fallback_note = ""
         eni = self._eni_with_room()
         subnet = eni.subnet_id if eni is not None else self.limits.new_eni_subnet
+        if subnet is None:
+            return self._decision(
+                None,
+                f"{why}; every ENI is full and no ENIConfig names this node's subnet yet",
+                short=short,
+                over=over,
+            )
         if use_prefixes:
             waiting = self.backoff.waiting(subnet, self.now)
             if waiting is not None:
@@ -416,7 +425,7 @@ class _Round:
             )
         count = min(count, self.slots)
         action = CreateEni(
-            subnet_id=self.limits.new_eni_subnet,
+            subnet_id=subnet,
             prefixes=count if use_prefixes else 0,
             ips=0 if use_prefixes else count,
         )

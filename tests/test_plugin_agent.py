@@ -1,4 +1,4 @@
-"""The standalone shim against a real `vpcni-agent` on the EC2 emulator (IPAM only, no datapath).
+"""The `vpcni` plugin binary against a real `vpcni-agent` on the EC2 emulator (IPAM only).
 
 The runtime's side of issue 4's acceptance: the plugin file a runtime execs, the agent's real
 socket API, results in the caller's CNI version.
@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from agent.cni import install
+from tests.agent_harness import built_plugin
 
 POD_NETNS = "/var/run/netns/cni-{}"
 
@@ -77,7 +78,7 @@ class CniFailed(Exception):
 def node() -> Iterator[Node]:
     work = Path(tempfile.mkdtemp(prefix="vpcni-", dir="/tmp"))
     plugin = work / "vpcni"
-    install.install_shim(plugin, sys.executable)
+    install.install_plugin(built_plugin(), plugin)
     sock = str(work / "agent.sock")
     argv = [
         *(sys.executable, "-m", "agent.main", "--cloud", "sim", "--datapath", "none"),

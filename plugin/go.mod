@@ -1,0 +1,3 @@
+module vpcni/plugin
+
+go 1.19
