@@ -24,7 +24,9 @@ from typing import Any
 from agent.demo import free_port, plugin_binary, run_plugin, wait_ready
 
 PEER_DIR = Path("/usr/lib/cni")
-PEER_HOST = "vpcnibench-peer"
+# Netns names carry the pid: benchmarks of other worktrees may run at the same time.
+TAG = f"vb{os.getpid()}"
+PEER_HOST = f"{TAG}-peer"
 
 
 def _netns(name: str, *, add: bool) -> None:
@@ -62,7 +64,7 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         raise SystemExit("peer missing: apt-get install containernetworking-plugins")
     work = Path(tempfile.mkdtemp(prefix="vpcni-bench-"))
     plugin = plugin_binary()
-    node = f"vpcnibench-{datapath}"
+    node = f"{TAG}-{datapath}"
     agent, _ = _start_agent(work, datapath, node)
     _netns(PEER_HOST, add=True)
     ours_conf = {"cniVersion": "1.0.0", "name": "vpcni", "type": "vpcni",
@@ -86,7 +88,7 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         for side, plugin, conf in sides:
             rc, doc, ms = run_plugin(
                 plugin, command, conf, container=f"bench{i}",
-                netns=f"/var/run/netns/vpcnibench-{side}{i}", pod=f"pod{i}",
+                netns=f"/var/run/netns/{TAG}-{side}{i}", pod=f"pod{i}",
             )  # fmt: skip
             if rc != 0:
                 raise RuntimeError(f"{side} {command} failed: {doc}")
@@ -95,7 +97,7 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
     try:
         for i in range(pods):
             for side, _, _ in sides:
-                _netns(f"vpcnibench-{side}{i}", add=True)
+                _netns(f"{TAG}-{side}{i}", add=True)
         for i in range(pods):
             both("ADD", i)
             started = time.perf_counter()
@@ -114,7 +116,7 @@ def run(pods: int = 40, datapath: str = "bpf") -> dict[str, Any]:
         agent.wait(timeout=30)
         for i in range(pods):
             for side in ("ours", "peer"):
-                _netns(f"vpcnibench-{side}{i}", add=False)
+                _netns(f"{TAG}-{side}{i}", add=False)
         _netns(PEER_HOST, add=False)
         subprocess.run([sys.executable, "-m", "agent.ctl", "sandbox", "down", node], check=False,
                        capture_output=True)  # fmt: skip

@@ -48,14 +48,15 @@ def main() -> None:
         return
     print("\n## CNI plugin latency (median ms; ratio = vpcni / ptp+host-local, lower is better)\n")
     print("| datapath | pods | ADD vpcni | ADD peer | ratio | DEL vpcni | DEL peer | ratio "
-          "| VERSION vpcni | VERSION peer | ratio |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| VERSION vpcni | VERSION peer | ratio | STATUS vpcni |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode in ("bpf", "kernel"):
         r = cni.run(datapath=mode)
         print(
             f"| {r['datapath']} | {r['pods']} | {r['vpcni_add_ms']} | {r['peer_add_ms']} "
             f"| {r['add_ratio']} | {r['vpcni_del_ms']} | {r['peer_del_ms']} | {r['del_ratio']} "
-            f"| {r['vpcni_version_ms']} | {r['peer_version_ms']} | {r['version_ratio']} |"
+            f"| {r['vpcni_version_ms']} | {r['peer_version_ms']} | {r['version_ratio']} "
+            f"| {r['vpcni_status_ms']} |"
         )
     rows = traffic.main()
     if rows:
