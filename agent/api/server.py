@@ -49,7 +49,6 @@ class ConnectionGuard:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self.closed = 0  # connections cut off for being slow or idle
         self._timers: dict[RequestHandler, asyncio.TimerHandle] = {}
 
     def factory(self, server: web.Server) -> Callable[[], RequestHandler]:
@@ -78,7 +77,6 @@ class ConnectionGuard:
         self._timers.pop(protocol, None)
         transport = protocol.transport
         if transport is not None and not transport.is_closing():
-            self.closed += 1
             log.debug("closing a connection with no complete request in %.0f s", self.timeout)
             transport.close()
 
