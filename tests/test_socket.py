@@ -158,8 +158,8 @@ async def test_1000_simultaneous_connections_are_all_answered(node: Node, sock_d
 
 @pytest.fixture
 def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "HEADER_TIMEOUT", 0.5)
-    monkeypatch.setattr(server, "BODY_TIMEOUT", 0.5)
+    monkeypatch.setattr(server, "HEADER_TIMEOUT", 1.0)
+    monkeypatch.setattr(server, "BODY_TIMEOUT", 1.0)
 
 
 def stalled(path: Path, first_bytes: bytes) -> bytes:
