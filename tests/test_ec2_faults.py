@@ -132,7 +132,7 @@ async def test_an_unassign_ec2_applied_but_failed_is_not_handed_out_again(
     n = await make(prefix_delegation=True, warm_prefix_target=1)
     for i in range(40):
         await n.node.add(req(f"c{i}"))
-    await fakes.until(lambda: not n.node.decide().action, what="pool settled")
+    await fakes.until(lambda: not n.node.decide().action, what="pool settled", timeout=30)
     for i in range(40):
         await n.node.delete(req(f"c{i}"))
     n.cloud.chaos.set_faults("UnassignPrivateIpAddresses:partial=1")
@@ -141,9 +141,10 @@ async def test_an_unassign_ec2_applied_but_failed_is_not_handed_out_again(
     await fakes.until(
         lambda: any(p.action.startswith("release") and p.outcome != "ok" for p in n.node.plans),
         what="a failed release",
+        timeout=30,
     )
     n.cloud.chaos.set_faults("")
-    await fakes.until(lambda: n.node.pool.executor.pause() == 0, what="the pause")
+    await fakes.until(lambda: n.node.pool.executor.pause() == 0, what="the pause", timeout=60)
     agent_blocks = {c for e in n.node.state.enis.values() for c in e.blocks}
     assert agent_blocks <= ec2_blocks(n.cloud), "the agent keeps blocks EC2 took back"
     held = ec2_addresses(n.cloud)
