@@ -47,9 +47,10 @@ pytest: plugin
 reliability: setup plugin
 	VPCNI_RELIABILITY=full $(PY) -m pytest -q -s -p no:cacheprovider tests/reliability $(PYTEST_ARGS)
 
-# Regenerates agent/ipam/instance_types.csv from the shared DescribeInstanceTypes snapshot.
+# Regenerates agent/ipam/instance_types.csv from the VPC CNI limits and DescribeInstanceTypes
+# snapshots in ../shared/data.
 data: setup
-	$(PY) scripts/gen_instance_table.py ../shared/data/describe_instance_types.json.gz agent/ipam/instance_types.csv
+	$(PY) scripts/gen_instance_table.py ../shared/data/describe_instance_types.json.gz ../shared/data/vpc_ip_resource_limits.csv agent/ipam/instance_types.csv
 
 bench: setup plugin
 	$(PY) -m bench.run

@@ -42,6 +42,7 @@ from agent.ipam.planner import (
     ReleaseBlocks,
 )
 from agent.ipam.state import Eni, NodeState
+from agent.ipam.subnets import ExhaustedSubnets, discovery_order
 from datapath.port import Datapath, EniLink
 
 log = logging.getLogger("vpcni.executor")
@@ -96,6 +97,8 @@ class Ec2Executor:
         clock: Callable[[], float],
         monotonic: Callable[[], float],
         rng: random.Random,
+        subnet_discovery: bool = False,
+        cluster_name: str = "",
     ) -> None:
         self.state = state
         self.ec2 = ec2
@@ -113,7 +116,12 @@ class Ec2Executor:
         self.pause_until = 0.0  # monotonic; no pool action before it
         # Subnets where EC2 said it has no more addresses (or /28s) for us, with its words;
         # cleared by the next growth that succeeds there. STATUS reads it.
-        self.exhausted: dict[str, str] = {}
+        self.exhausted_why: dict[str, str] = {}
+        # ENABLE_SUBNET_DISCOVERY: new ENIs planned for the node's subnet may go to another
+        # subnet tagged kubernetes.io/role/cni; one that just ran out is asked last.
+        self.subnet_discovery = subnet_discovery
+        self.cluster_name = cluster_name
+        self.exhausted = ExhaustedSubnets()
 
     def pause(self) -> float:
         """Seconds until EC2 may be called again after a failure (0: now)."""
@@ -142,7 +150,7 @@ class Ec2Executor:
             self.counters.error("insufficient_cidr")
             subnet = e.subnet_id or self.subnet_of(action)
             if subnet:
-                self.exhausted[subnet] = f"{e.code or 'InsufficientCidr'}: {e}"
+                self.exhausted_why[subnet] = f"{e.code or 'InsufficientCidr'}: {e}"
         except (LimitExceeded, NotFound) as e:
             outcome = f"{e.code or type(e).__name__}: {e}; resyncing from EC2"
             self.counters.error(type(e).__name__)
@@ -161,7 +169,7 @@ class Ec2Executor:
             self.failures = 0
             subnet = self.subnet_of(action)
             if isinstance(action, GROWING) and subnet:
-                self.exhausted.pop(subnet, None)
+                self.exhausted_why.pop(subnet, None)
             if isinstance(action, AssignPrefixes):
                 self.backoff.record_success(action.subnet_id)
             if isinstance(action, CreateEni) and action.prefixes:
@@ -199,21 +207,62 @@ class Ec2Executor:
             if action.eni_id in self.state.enis:
                 self.state.add_blocks(action.eni_id, [IPv4Network(f"{ip}/32") for ip in ips])
         elif isinstance(action, CreateEni):
-            view = await self.ec2.create_eni(
-                self.identity.instance_id,
-                EniSpec(
-                    subnet_id=action.subnet_id,
-                    security_groups=self.security_groups,
-                    ips=action.ips,
-                    prefixes=action.prefixes,
-                ),
-            )
-            eni = self.state.add_eni(view)
-            await self.datapath.add_eni(eni_link(eni))
+            await self._create_eni(action)
         elif isinstance(action, ReleaseBlocks):
             await self._release_blocks(action)
         else:
             await self._delete_eni(action)
+
+    async def _create_eni(self, action: CreateEni) -> None:
+        """Create the ENI in the planned subnet or, with subnet discovery, in the best one that
+        has room: after InsufficientFreeAddressesInSubnet/InsufficientCidrBlocks the next
+        candidate is asked at once, and the exhausted one goes last for a while."""
+        failure: InsufficientCidr | None = None
+        for subnet_id in await self._subnets_for(action.subnet_id):
+            try:
+                view = await self.ec2.create_eni(
+                    self.identity.instance_id,
+                    EniSpec(
+                        subnet_id=subnet_id,
+                        security_groups=self.security_groups,
+                        ips=action.ips,
+                        prefixes=action.prefixes,
+                    ),
+                )
+            except InsufficientCidr as e:
+                self.exhausted.record(e.subnet_id or subnet_id, now=self.clock())
+                failure = e
+                continue
+            eni = self.state.add_eni(view)
+            await self.datapath.add_eni(eni_link(eni))
+            return
+        if failure is None:
+            raise Ec2Error(
+                f"no subnet may take new ENIs: {action.subnet_id} is tagged "
+                "kubernetes.io/role/cni=0 and no other subnet of the zone is tagged for it",
+                action="CreateNetworkInterface",
+            )
+        raise failure
+
+    async def _subnets_for(self, planned: str) -> tuple[str, ...]:
+        """Where to try a new ENI, best first: the planned subnet alone unless discovery is on
+        and the plan is the node's own subnet (custom networking names its own)."""
+        node_subnet = self.identity.subnet_id
+        if not self.subnet_discovery or planned != node_subnet:
+            return (planned,)
+        zone = self.identity.availability_zone
+        try:
+            views = await self.ec2.discover_subnets(node_subnet, zone)
+        except Ec2Error as e:
+            log.warning("subnet discovery failed, using the node's subnet", extra={"error": str(e)})
+            return (planned,)
+        return discovery_order(
+            views,
+            node_subnet=node_subnet,
+            availability_zone=zone,
+            cluster_name=self.cluster_name,
+            exhausted=self.exhausted.current(self.clock()),
+        )
 
     async def _release_blocks(self, action: ReleaseBlocks) -> None:
         # Take the blocks out of the state before awaiting EC2 so no ADD leases from them. On

@@ -219,7 +219,7 @@ class EniConfigWatch:
             log.info(
                 "ENIConfig in force",
                 extra={
-                    "name": choice.name,
+                    "eni_config": choice.name,
                     "source": choice.source,
                     "subnet": choice.subnet,
                     "security_groups": list(choice.security_groups),

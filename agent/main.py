@@ -19,6 +19,7 @@ import uvloop
 
 from agent import logs
 from agent.api.server import serve
+from agent.cloud import instance_type
 from agent.cloud.aws import Ec2Adapter
 from agent.cloud.eniconfig import load_eni_config
 from agent.cloud.imds import ImdsClient, ImdsError
@@ -65,10 +66,6 @@ async def run(settings: Settings) -> None:
                 extra={"ec2": cloud.ec2_url, "imds": cloud.imds_url, "instance": cloud.instance_id},
             )
         identity = await _identity(imds_endpoint)
-        try:
-            instance = instances.lookup(identity.instance_type)
-        except instances.UnknownInstanceType as e:
-            raise StartupError(str(e)) from None
         ec2 = Ec2Adapter(
             region=identity.region,
             endpoint_url=endpoint_url,
@@ -79,6 +76,10 @@ async def run(settings: Settings) -> None:
             extra_tags=settings.additional_eni_tags,
         )
         stack.push_async_callback(ec2.close)
+        try:
+            instance = await instance_type.resolve(identity.instance_type, ec2)
+        except instances.UnknownInstanceType as e:
+            raise StartupError(str(e)) from None
         if cloud is not None and settings.host_netns:
             from agent import sim
             from datapath.sandbox import Sandbox

@@ -28,6 +28,7 @@ from agent.ipam.instances import InstanceType
 from agent.ipam.maxpods import max_pods
 from agent.ipam.planner import Decision, Limits, prefix_mode
 from agent.ipam.state import AddressInUse, Lease, NodeState, ReconcileReport
+from agent.ipam.subnets import PrefixReport
 from agent.pods import Attachment, NodeError, PodRequest, Pods
 from agent.pool import PoolManager
 from agent.resync import Resync
@@ -85,6 +86,8 @@ class Node:
             new_eni_subnet=new_eni_subnet or identity.subnet_id,
         )
         self.counters = Counters()
+        # The last prefix report per subnet (GET /v1/subnets), for the metrics.
+        self.subnet_reports: dict[str, PrefixReport] = {}
         self.resyncer = Resync(
             state=self.state,
             ec2=ec2,
@@ -106,6 +109,8 @@ class Node:
             clock=clock,
             monotonic=_monotonic,
             rng=self.rng,
+            subnet_discovery=settings.subnet_discovery and not settings.pool.custom_networking,
+            cluster_name=settings.cluster_name,
         )
         self.pool = PoolManager(
             state=self.state,
@@ -171,7 +176,8 @@ class Node:
                 "leases_dropped": dropped,
             },
         )
-        await self.datapath.start([eni_link(e) for e in self.state.enis.values()])
+        # ENIs that are not vpcni's (trunk, EFA, no_manage, other cards) get no datapath.
+        await self.datapath.start([eni_link(e) for e in self.state.enis.values() if e.is_managed()])
         if dropped:
             await self.store.commit()
         if self.settings.leaked_eni_cleanup:  # then hourly, from the pool manager
@@ -259,7 +265,7 @@ class Node:
         decision = self.decide()
         if isinstance(decision.action, GROWING):
             subnet = self.executor.subnet_of(decision.action)
-            why = self.executor.exhausted.get(subnet)
+            why = self.executor.exhausted_why.get(subnet)
             if why is not None:  # the planner would ask again, but EC2 has nothing to give
                 return False, f"subnet {subnet} is exhausted ({why})"
             return True, f"pool is growing: {decision.reason}"

@@ -75,7 +75,9 @@ class Resync:
         self.last = self.clock()
         self.count(report)
         for eni_id in report.enis_added:
-            await self.datapath.add_eni(eni_link(self.state.enis[eni_id]))
+            eni = self.state.enis[eni_id]
+            if eni.is_managed():  # not vpcni's ENIs get no datapath
+                await self.datapath.add_eni(eni_link(eni))
         if report.leases_dropped:
             self.counters.leases_dropped += len(report.leases_dropped)
             await self.store.commit()

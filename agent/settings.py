@@ -76,6 +76,7 @@ class Settings:
     cluster_name: str = ""
     additional_eni_tags: Mapping[str, str] = field(default_factory=dict)
     leaked_eni_cleanup: bool = True
+    subnet_discovery: bool = True  # ENABLE_SUBNET_DISCOVERY
     eni_config: Path | None = None
     log_file: str = "stderr"  # AWS_VPC_K8S_CNI_LOG_FILE: a path, stdout or stderr
     ec2_endpoint: str | None = None  # AWS_EC2_ENDPOINT: EC2 somewhere other than the region's
@@ -387,6 +388,7 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         cluster_name=e.text("CLUSTER_NAME", ""),
         additional_eni_tags=_eni_tags(e),
         leaked_eni_cleanup=not e.flag("DISABLE_LEAKED_ENI_CLEANUP", False),
+        subnet_discovery=e.flag("ENABLE_SUBNET_DISCOVERY", True),
         eni_config=Path(eni_config) if eni_config else None,
         ec2_endpoint=_endpoint(e.raw("AWS_EC2_ENDPOINT")),
         node_name=node_name,

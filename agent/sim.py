@@ -82,7 +82,7 @@ def save_cloud(cloud: emulator.SimCloud, settings: Settings) -> None:
             "prefixes": [str(p) for p in eni.prefixes],
         }
         for eni in cloud.model.instance_enis(cloud.instance_id)
-        if eni.attachment is not None
+        if eni.attachment is not None and eni.primary_ip is not None
     ]
     doc = {"sim": _identity(settings), "enis": enis}
     try:
@@ -172,7 +172,10 @@ class SandboxLinks:
         except Exception:  # the EC2 call itself succeeded; the sandbox is best effort
             log.exception("sandbox %s failed", what)
 
-    def link(self, eni: SimEni, device_index: int) -> EniLink:
+    def link(self, eni: SimEni, device_index: int) -> EniLink | None:
+        """The sandbox link of an ENI; None for one without an IP (efa-only)."""
+        if eni.primary_ip is None:
+            return None
         subnet = self.cloud.model.subnet(eni.subnet_id)
         return EniLink(
             eni_id=eni.id,
@@ -186,12 +189,15 @@ class SandboxLinks:
     def attach_existing(self, instance_id: str) -> None:
         for eni in self.cloud.model.instance_enis(instance_id):
             if eni.attachment is not None:
-                self.sandbox.attach_eni(self.link(eni, eni.attachment.device_index))
+                link = self.link(eni, eni.attachment.device_index)
+                if link is not None:
+                    self.sandbox.attach_eni(link)
 
     def on_attach(self, instance_id: str, eni: SimEni) -> None:
         if instance_id == self.cloud.instance_id and eni.attachment is not None:
             link = self.link(eni, eni.attachment.device_index)
-            self._run("attach", self.sandbox.attach_eni, link)
+            if link is not None:
+                self._run("attach", self.sandbox.attach_eni, link)
 
     def on_detach(self, instance_id: str, eni: SimEni) -> None:
         if instance_id == self.cloud.instance_id:

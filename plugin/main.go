@@ -30,6 +30,10 @@ var timeouts = map[string]time.Duration{
 // retryBudget bounds the connect retries of one invocation (jittered exponential back-off).
 var retryBudget = 2500 * time.Millisecond
 
+// jitter is seeded per process: go 1.19's global math/rand source starts from the same seed in
+// every process, which would make every plugin retry in lockstep.
+var jitter = rand.New(rand.NewSource(time.Now().UnixNano() ^ int64(os.Getpid())<<32))
+
 // invocation is the CNI environment of one exec.
 type invocation struct {
 	Command, ContainerID, Netns, IfName, Args, Path string
@@ -239,8 +243,8 @@ func (p *plugin) call(method, target string, body []byte) ([]byte, error) {
 		}
 		errno := connectErrno(err)
 		retry := errno != 0 && (p.inv.Command == "DEL" || errno == syscall.EAGAIN)
-		// Full jitter: concurrent plugins waiting for one agent spread their retries out.
-		pause := time.Duration(rand.Int63n(int64(delay))) + delay/2
+		// Jitter, so concurrent plugins waiting for one agent spread their retries out.
+		pause := time.Duration(jitter.Int63n(int64(delay))) + delay/2
 		if !retry || time.Now().Add(pause).After(giveUp) {
 			if p.inv.Command == "DEL" {
 				return nil, err // cmdDel spools it

@@ -1,9 +1,17 @@
-"""Generate agent/ipam/instance_types.csv from an EC2 DescribeInstanceTypes snapshot.
+"""Generate agent/ipam/instance_types.csv from the VPC CNI's limits and EC2's instance types.
 
-Input: a JSON object keyed by instance type whose values are `InstanceTypes[]` elements of the
-EC2 API (../shared/data/describe_instance_types.json.gz, see its SOURCE.txt for provenance).
-Output columns: instance_type, vcpus, max_enis (of the default network card, as the VPC CNI
-counts them), ipv4_per_eni (including the ENI's primary IP), hypervisor, bare_metal.
+Inputs (../shared/data, see its SOURCE.txt for provenance):
+- vpc_ip_resource_limits.csv: the VPC CNI's own per-type ENI and IPv4 limits (network card 0),
+  hypervisor and bare metal. Where it has a type, its limits win: users compare max pods with
+  its eni-max-pods.txt, and multi-card types otherwise disagree (i7ie.48xlarge: 15 ENIs there,
+  8 on card 0 in the DescribeInstanceTypes snapshot).
+- describe_instance_types.json.gz: DescribeInstanceTypes records (keyed by type): vCPUs of
+  every type, and all of the limits of the types the VPC CNI does not list yet.
+A type in neither, or in the VPC CNI's list without a known vCPU count, is left out: the agent
+asks DescribeInstanceTypes for it at start-up.
+
+Output columns: instance_type, vcpus, max_enis (network card 0), ipv4_per_eni (including the
+ENI's primary IP), hypervisor (nitro, xen or ""), bare_metal.
 """
 
 from __future__ import annotations
@@ -15,48 +23,91 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.ipam.instances import InstanceType, from_describe
 
-def default_card_enis(network: dict[str, Any]) -> int:
-    """Max ENIs on the default network card (the only one the VPC CNI uses)."""
-    cards = network.get("NetworkCards") or []
-    index = network.get("DefaultNetworkCardIndex", 0)
-    for card in cards:
-        if card.get("NetworkCardIndex") == index:
-            return int(card["MaximumNetworkInterfaces"])
-    return int(network["MaximumNetworkInterfaces"])
+# vCPUs of the VPC CNI's types absent from the DescribeInstanceTypes snapshot (previous
+# generation and special types), from EC2's instance type documentation.
+EXTRA_VCPUS = {
+    "c5a.metal": 96,
+    "c5ad.metal": 96,
+    "c7i.32xlarge": 128,
+    "cr1.8xlarge": 32,
+    "dl1.24xlarge": 96,
+    "f1.2xlarge": 8,
+    "f1.4xlarge": 16,
+    "f1.16xlarge": 64,
+    "g4ad.xlarge": 4,
+    "g4ad.2xlarge": 8,
+    "g4ad.4xlarge": 16,
+    "g4ad.8xlarge": 32,
+    "g4ad.16xlarge": 64,
+    "hs1.8xlarge": 16,
+    "p3.2xlarge": 8,
+    "p3.8xlarge": 32,
+    "p3.16xlarge": 64,
+    "u-6tb1.metal": 448,
+    "u-9tb1.metal": 448,
+    "u-12tb1.metal": 448,
+    "u-18tb1.metal": 448,
+    "u-24tb1.metal": 448,
+}
 
 
-def rows(snapshot: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """One CSV row per instance type, sorted by name."""
-    out = []
-    for name in sorted(snapshot):
-        info = snapshot[name]
-        network = info["NetworkInfo"]
-        out.append(
-            [
-                name,
-                str(info["VCpuInfo"]["DefaultVCpus"]),
-                str(default_card_enis(network)),
-                str(network["Ipv4AddressesPerInterface"]),
-                info.get("Hypervisor", "") or "",
-                "true" if info.get("BareMetal") else "false",
-            ]
-        )
-    return out
+def from_vpc_cni(row: dict[str, str], vcpus: int) -> InstanceType:
+    """A row of vpc_ip_resource_limits.csv. Its "unknown" hypervisor is bare metal's, or a
+    previous-generation type's (cr1, hs1), which ran on Xen."""
+    hypervisor = row["hypervisor"]
+    bare_metal = row["is_bare_metal"] == "True"
+    if hypervisor not in ("nitro", "xen"):
+        hypervisor = "" if bare_metal else "xen"
+    return InstanceType(
+        name=row["instance_type"],
+        vcpus=vcpus,
+        max_enis=int(row["max_enis"]),
+        ipv4_per_eni=int(row["ipv4_per_eni"]),
+        hypervisor=hypervisor,
+        bare_metal=bare_metal,
+    )
+
+
+def merge(
+    snapshot: dict[str, dict[str, Any]], vpc_cni: dict[str, dict[str, str]]
+) -> list[InstanceType]:
+    """Every type with known limits and vCPUs, sorted by name."""
+    out: dict[str, InstanceType] = {}
+    for name, info in snapshot.items():
+        out[name] = from_describe({"InstanceType": name, **info})
+    for name, row in vpc_cni.items():
+        vcpus = out[name].vcpus if name in out else EXTRA_VCPUS.get(name)
+        if vcpus is not None:
+            out[name] = from_vpc_cni(row, vcpus)
+    return [out[name] for name in sorted(out)]
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print(f"usage: {argv[0]} SNAPSHOT.json.gz OUT.csv", file=sys.stderr)
+    if len(argv) != 4:
+        print(f"usage: {argv[0]} SNAPSHOT.json.gz VPC_LIMITS.csv OUT.csv", file=sys.stderr)
         return 2
     with gzip.open(argv[1], "rt") as f:
         snapshot = json.load(f)
-    with Path(argv[2]).open("w", newline="") as f:
+    with Path(argv[2]).open(newline="") as f:
+        vpc_cni = {row["instance_type"]: row for row in csv.DictReader(f)}
+    with Path(argv[3]).open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(
             ["instance_type", "vcpus", "max_enis", "ipv4_per_eni", "hypervisor", "bare_metal"]
         )
-        w.writerows(rows(snapshot))
+        for t in merge(snapshot, vpc_cni):
+            w.writerow(
+                [
+                    t.name,
+                    t.vcpus,
+                    t.max_enis,
+                    t.ipv4_per_eni,
+                    t.hypervisor,
+                    "true" if t.bare_metal else "false",
+                ]
+            )
     return 0
 
 

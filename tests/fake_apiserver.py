@@ -69,6 +69,7 @@ class FakeApiServer:
         self.collections = {kind: Collection() for kind in PATHS}
         self.down = False
         self.requests: list[str] = []  # "list nodes", "watch eniconfigs@105", ...
+        self.open_watches: dict[str, int] = dict.fromkeys(PATHS, 0)  # streaming now, by kind
         self._changed = asyncio.Condition()
         self._expire = 0  # bumped to end every open watch with 410
         self._schema = eni_config_schema()
@@ -166,6 +167,24 @@ class FakeApiServer:
             return response
         expire = self._expire
         sent = since
+        self.open_watches[kind] += 1
+        try:
+            await self._stream(response, kind, name, sent, expire, bookmarks, timeout)
+        finally:
+            self.open_watches[kind] -= 1
+        return response
+
+    async def _stream(
+        self,
+        response: web.StreamResponse,
+        kind: str,
+        name: str | None,
+        sent: int,
+        expire: int,
+        bookmarks: bool,
+        timeout: float,
+    ) -> None:
+        """Send events from `sent` on until the watch ends (timeout, expiry, outage)."""
         with contextlib.suppress(TimeoutError, ConnectionResetError):
             async with asyncio.timeout(timeout):
                 while not self.down:
@@ -183,7 +202,6 @@ class FakeApiServer:
                         await _send(response, _bookmark(kind, self.version))
                     async with self._changed:
                         await self._changed.wait()
-        return response
 
 
 async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:

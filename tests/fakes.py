@@ -18,7 +18,9 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from agent.cloud.emulator.model import ApiError, Ec2Model
+from agent.cloud.aws import INSTANCE_TAG, unmanaged_reason
+from agent.cloud.emulator.front import eni_view
+from agent.cloud.emulator.model import ApiError, Ec2Model, Subnet
 from agent.cloud.emulator.model import Eni as ModelEni
 from agent.cloud.port import (
     Ec2Error,
@@ -32,8 +34,10 @@ from agent.cloud.port import (
 )
 from agent.histogram import Histogram
 from agent.ipam import instances
+from agent.ipam.instances import InstanceType
 from agent.ipam.planner import PoolSettings
 from agent.ipam.state import EniView
+from agent.ipam.subnets import Reservation, SubnetUsage, SubnetView
 from agent.node import Node
 from agent.settings import Settings
 from datapath.port import DatapathError, NoDatapath, PodNetwork, WiredPod
@@ -104,6 +108,7 @@ def world(
         instance_type=instance_type, subnet_id=subnet.id, now=time.time() - 3600
     )
     eni = model.primary_eni(instance)
+    assert eni.primary_ip is not None
     identity = NodeIdentity(
         instance_id=instance.id,
         instance_type=instance_type,
@@ -167,25 +172,33 @@ class ModelEc2:
             raise to_port_error(e, action=action, subnet_id=subnet_id) from e
 
     def view(self, eni: ModelEni) -> EniView:
+        """The adapter's view of a model ENI (its unmanaged/owned rules, from EC2's shape)."""
         assert eni.attachment is not None
+        raw: Any = eni_view(self.model, eni)
+        primary = eni.attachment.device_index == 0 and eni.attachment.network_card == 0
         return EniView(
             id=eni.id,
             device_number=eni.attachment.device_index,
-            primary=eni.attachment.device_index == 0,
+            primary=primary,
             subnet_id=eni.subnet_id,
             subnet_cidr=self.model.subnet(eni.subnet_id).cidr,
-            primary_ip=eni.primary_ip,
+            primary_ip=eni.primary_ip or IPv4Address(0),
             mac=eni.mac,
             created_at=eni.created,
             secondary_ips=tuple(eni.secondary_ips),
             prefixes=tuple(eni.prefixes),
+            network_card=eni.attachment.network_card,
+            unmanaged=unmanaged_reason(raw),
+            owned=primary or INSTANCE_TAG in eni.tags,
         )
 
     # -- the port ---------------------------------------------------------------------------
 
     async def describe_enis(self, instance_id: str) -> Sequence[EniView]:
         await self._enter("describe_enis", mutating=False)
-        enis = self._run("describe_enis", lambda: list(self.model.instance_enis(instance_id)))
+        enis = self._run(
+            "describe_enis", lambda: list(self.model.instance_enis(instance_id, all_cards=True))
+        )
         return [self.view(eni) for eni in enis]
 
     async def create_eni(self, instance_id: str, spec: EniSpec) -> EniView:
@@ -200,6 +213,7 @@ class ModelEc2:
                 groups=spec.security_groups,
                 ip_count=spec.ips,
                 prefix_count=spec.prefixes,
+                tags={INSTANCE_TAG: instance_id},
             ),
             subnet_id=spec.subnet_id,
         )
@@ -261,6 +275,35 @@ class ModelEc2:
     async def cleanup_leaked_enis(self, instance_id: str, *, older_than: float) -> int:
         await self._enter("cleanup_leaked_enis", mutating=False)
         return 0
+
+    async def describe_instance_type(self, name: str) -> InstanceType:
+        await self._enter("describe_instance_type", mutating=False)
+        spec = self._run("describe_instance_type", lambda: self.model.instance_type(name))
+        limits: InstanceType = spec.limits
+        return limits
+
+    async def discover_subnets(
+        self, node_subnet_id: str, availability_zone: str
+    ) -> Sequence[SubnetView]:
+        await self._enter("discover_subnets", mutating=False)
+        return [
+            subnet_view(s)
+            for s in self.model.subnets.values()
+            if s.availability_zone == availability_zone
+        ]
+
+    async def subnet_usage(self, subnet_id: str) -> SubnetUsage:
+        await self._enter("subnet_usage", mutating=False)
+        subnet = self._run("subnet_usage", lambda: self.model.subnet(subnet_id))
+        enis = self.model.find_enis({"subnet-id": [subnet_id]})
+        return SubnetUsage(
+            subnet=subnet_view(subnet),
+            reservations=tuple(
+                Reservation(cidr=r.cidr, type=r.type) for r in subnet.reservations.values()
+            ),
+            used_ips=frozenset(ip for e in enis for ip in e.addresses()),
+            used_prefixes=tuple(p for e in enis for p in e.prefixes),
+        )
 
     def call_stats(self) -> Mapping[str, Mapping[str, float]]:
         return {
@@ -357,3 +400,14 @@ async def until(predicate: Any, *, timeout: float = 5.0, what: str = "condition"
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def subnet_view(subnet: Subnet) -> SubnetView:
+    """A model subnet as DescribeSubnets would show it."""
+    return SubnetView(
+        id=subnet.id,
+        cidr=subnet.cidr,
+        availability_zone=subnet.availability_zone,
+        free_addresses=subnet.available,
+        tags=dict(subnet.tags),
+    )

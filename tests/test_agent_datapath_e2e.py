@@ -4,6 +4,7 @@ pods added through the real plugin, traffic checked with ping (root; the bpf cas
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ from tests.agent_harness import Cni, address
 from tests.privileges import needs_bcc, needs_root
 
 pytestmark = [pytest.mark.root, needs_root]
-NODE = "vpe2e"
+# Unique per process: the same tests may run at once in other worktrees on this machine.
+NODE = f"vpe{os.getpid()}"
 MODES = [pytest.param("bpf", marks=[needs_bcc, pytest.mark.bcc]), "kernel"]
 
 

@@ -153,6 +153,8 @@ STUCK_ENI_XML = (  # an ENI that never finishes detaching
     f'<DescribeNetworkInterfacesResponse xmlns="{XMLNS}"><requestId>r</requestId>'
     "<networkInterfaceSet><item><networkInterfaceId>eni-1</networkInterfaceId>"
     "<subnetId>subnet-1</subnetId><status>in-use</status>"
+    "<tagSet><item><key>node.k8s.amazonaws.com/instance_id</key><value>i-1</value></item>"
+    "</tagSet>"
     "<attachment><attachmentId>eni-attach-1</attachmentId><deviceIndex>1</deviceIndex>"
     "<status>detaching</status></attachment></item></networkInterfaceSet>"
     "</DescribeNetworkInterfacesResponse>"

@@ -108,12 +108,11 @@ def test_every_same_row_has_a_check_and_every_check_a_same_row() -> None:
     assert same - LANDING == set(CHECKS) | OTHER_TESTS.keys()
 
 
-# Rows whose code is on its way to main from other branches (SNAT, subnet discovery).
+# Rows whose code is on its way to main from other branches (SNAT).
 LANDING = {
     "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
     "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
     "AWS_VPC_K8S_CNI_EXTERNALSNAT",
-    "ENABLE_SUBNET_DISCOVERY",
 }
 
 
@@ -122,6 +121,7 @@ OTHER_TESTS: dict[str, str] = {
     "HOST_CNI_BIN_PATH": "test_plugin_install.py",
     "HOST_CNI_CONFDIR_PATH": "test_plugin_install.py",
     "AWS_VPC_K8S_PLUGIN_LOG_FILE": "test_plugin_install.py",
+    "ENABLE_SUBNET_DISCOVERY": "test_subnet_discovery.py",
 }
 
 

@@ -33,7 +33,7 @@ def add_eni(model: Ec2Model, instance: Instance, device_index: int) -> Eni:
 def all_addresses(model: Ec2Model) -> list[IPv4Address]:
     out: list[IPv4Address] = []
     for eni in model.enis.values():
-        out += [eni.primary_ip, *eni.secondary_ips]
+        out += eni.addresses()
         out += [ip for p in eni.prefixes for ip in p]
     return out
 
@@ -183,6 +183,7 @@ def test_unassign_and_delete_free_addresses() -> None:
         model.unassign(eni_id=eni.id, ips=[IPv4Address("10.0.9.9")])
     assert err.value.code == "InvalidParameterValue"
     with pytest.raises(ApiError):
+        assert eni.primary_ip is not None
         model.unassign(eni_id=eni.id, ips=[eni.primary_ip])
     model.unassign(eni_id=eni.id, prefixes=[got.prefixes[0]])
     assert eni.prefixes == [got.prefixes[1]]

@@ -32,6 +32,7 @@ from agent.ipam.planner import (
     Limits,
     PoolSettings,
     ReleaseBlocks,
+    counted_blocks,
     max_enis,
     plan,
     prefix_mode,
@@ -250,7 +251,8 @@ class IpamMachine(RuleBasedStateMachine):
         state, instance = self.state, self.limits.instance
         slots = instance.slots_per_eni
         total = decision.stats.total
-        assert decision.stats == state.stats(self.now)
+        counts = counted_blocks(prefixes=prefix_mode(self.settings, instance), backoff=self.backoff)
+        assert decision.stats == state.stats(self.now, counts=counts)
         match action:
             case AssignPrefixes(eni_id=eni_id, count=count) | AssignIps(eni_id=eni_id, count=count):
                 eni = state.enis[eni_id]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,21 @@ async def test_selection_by_annotation_follows_changes(
         assert watch.status.connected
 
 
+async def test_the_choice_is_logged_at_info_without_breaking_the_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An `extra` key LogRecord owns ("name") raised KeyError on every choice at INFO, the
+    # agent's level: the watch took that for an API error and never settled.
+    caplog.set_level(logging.INFO, logger="vpcni.kube")
+    async with watching(tmp_path, monkeypatch) as (server, watch, seen):
+        await server.put("nodes", node(NODE, annotations={"k8s.amazonaws.com/eniConfig": "a"}))
+        await server.put("eniconfigs", eni_config("a", "subnet-a", []))
+        await until("subnet-a", lambda: bool(seen) and seen[-1].subnet == "subnet-a")
+        assert watch.status.connected and watch.status.errors == 0
+    [record] = [r for r in caplog.records if r.getMessage() == "ENIConfig in force"][-1:]
+    assert record.__dict__["eni_config"] == "a"
+
+
 async def test_selection_by_zone_label(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with watching(tmp_path, monkeypatch, label_key=ZONE_LABEL) as (server, _, seen):
         await server.put("nodes", node(NODE, labels={ZONE_LABEL: "us-west-2a"}))
@@ -175,6 +191,8 @@ async def test_410_gone_lists_again_and_misses_nothing(
         await server.put("eniconfigs", eni_config("a", "subnet-a", []))
         await until("subnet-a", lambda: bool(seen) and seen[-1].subnet == "subnet-a")
         lists = server.requests.count("list eniconfigs")
+        # both watches streaming: expiring before they open would prove nothing
+        await until("open watches", lambda: all(server.open_watches.values()))
 
         await server.expire_watches()  # both open watches end with an ERROR 410 event
         await server.put("eniconfigs", eni_config("a", "subnet-a2", []))

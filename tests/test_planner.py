@@ -501,12 +501,16 @@ class TestFreeEni:
         for lease in leases[2:16]:
             state.release(lease.key, now=NOW, cooldown=0)  # A keeps 2 pods
         state.add_eni(ec2.new_eni(primary=False, now=0.0))  # attached, no prefixes
-        # free prefixes 1 = target; available 45 >= (1 + 1) x 16 and 45 - 0 >= 16
+        # free prefixes 1 = target on the other ENIs: not needed for WARM_PREFIX_TARGET
         d = decide(state, PREFIX_1, M5)
         assert d.action == DeleteEni(eni_id="eni-1")
-        # with available 31 < 32 the VPC CNI keeps it
+        # with available 31 it still goes, as in ipamd (CheckFreeableENIexists, then
+        # isRequiredForWarmPrefixTarget): the others hold the one free prefix the target asks
         add_pods(state, 14, now=NOW, start=100)
-        assert decide(state, PREFIX_1, M5).action is None
+        assert decide(state, PREFIX_1, M5).action == DeleteEni(eni_id="eni-1")
+        # with no free prefix left on the others, it stays
+        add_pods(state, 16, now=NOW, start=200)
+        assert decide(state, PREFIX_1, M5).action != DeleteEni(eni_id="eni-1")
 
 
 # -- custom networking -----

@@ -573,3 +573,22 @@ def test_fuzzed_env_and_stdin_get_a_cni_answer(
         assert isinstance(error["code"], int) and isinstance(error["msg"], str)
     elif out.stdout:
         assert isinstance(out.json(), dict)
+
+
+def test_the_plugin_is_a_static_binary() -> None:
+    # Runs on any node (Bottlerocket has no libc to speak of for us): no ELF interpreter, no
+    # dynamic section. `net` would pull in libc through cgo, which CGO_ENABLED=0 keeps out.
+    data = built_plugin().read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2  # ELF64
+    phoff = int.from_bytes(data[0x20:0x28], "little")
+    phentsize = int.from_bytes(data[0x36:0x38], "little")
+    phnum = int.from_bytes(data[0x38:0x3A], "little")
+    types = {
+        int.from_bytes(data[phoff + i * phentsize : phoff + i * phentsize + 4], "little")
+        for i in range(phnum)
+    }
+    pt_dynamic, pt_interp = 2, 3
+    assert not types & {pt_dynamic, pt_interp}
+    if shutil.which("file"):
+        described = subprocess.run(["file", str(built_plugin())], capture_output=True, text=True)
+        assert "statically linked" in described.stdout

@@ -13,8 +13,10 @@ from aiohttp import web
 
 from agent.api.cni import json_response
 from agent.api.keys import NODE
+from agent.cloud.port import Ec2Error
 from agent.executor import describe
-from agent.ipam.planner import prefix_mode
+from agent.ipam.planner import max_enis, prefix_mode
+from agent.ipam.subnets import prefix_report, prefixes_wanted
 from agent.node import Node
 
 
@@ -259,6 +261,51 @@ def pool(node: Node) -> dict[str, Any]:
     }
 
 
+async def subnets(node: Node) -> dict[str, Any]:
+    """GET /v1/subnets: for each subnet the node uses, free addresses, free aligned /28s, the
+    CIDR reservations, how many more prefixes this node can get there, what limits it and, when
+    fragmentation does, the reservation command that would fix it. Asks EC2 (not cached)."""
+    state, limits = node.state, node.limits
+    used = {e.subnet_id for e in state.pod_enis()}
+    if limits.new_eni_subnet is not None:  # None: custom networking without an ENIConfig yet
+        used.add(limits.new_eni_subnet)
+    enis_left = max_enis(node.settings.pool, node.instance) - state.attached_on_card0()
+    out: list[dict[str, Any]] = []
+    for subnet_id in sorted(used):
+        try:
+            usage = await node.ec2.subnet_usage(subnet_id)
+        except Ec2Error as e:
+            out.append({"subnet_id": subnet_id, "error": str(e)})
+            continue
+        wanted = prefixes_wanted(
+            state,
+            subnet_id=subnet_id,
+            slots_per_eni=node.instance.slots_per_eni,
+            enis_left=enis_left,
+            new_eni_subnet=limits.new_eni_subnet,
+            max_pods=limits.max_pods,
+        )
+        report = prefix_report(usage, node_wants=wanted)
+        node.subnet_reports[subnet_id] = report
+        out.append(
+            {
+                "subnet_id": report.subnet_id,
+                "cidr": str(report.cidr),
+                "free_addresses": report.free_addresses,
+                "free_prefix_blocks": report.free_prefix_blocks,
+                "reservations": [
+                    {"cidr": str(r.cidr), "type": r.type} for r in report.reservations
+                ],
+                "node_wants": report.node_wants,
+                "node_can_get": report.node_can_get,
+                "limit": report.limit,
+                "fix": report.fix,
+                "fix_in_use": report.fix_in_use,
+            }
+        )
+    return {"prefix_mode": prefix_mode(node.settings.pool, node.instance), "subnets": out}
+
+
 def routes() -> list[web.RouteDef]:
     """The introspection GET routes."""
 
@@ -270,6 +317,9 @@ def routes() -> list[web.RouteDef]:
 
     async def healthz(request: web.Request) -> web.Response:
         return json_response({"ok": True})
+
+    async def subnets_view(request: web.Request) -> web.Response:
+        return json_response(await subnets(request.app[NODE]))
 
     async def readyz(request: web.Request) -> web.Response:
         node = request.app[NODE]
@@ -291,6 +341,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/pods", view(pods)),
         web.get("/v1/pool", view(pool)),
         web.get("/v1/datapath", view(lambda node: dict(node.datapath.status()))),
+        web.get("/v1/subnets", subnets_view),
         web.get("/v1/eni-configs", view(eni_configs)),
         web.get("/v1/ipamd-env-settings", view(ipamd_env)),
         web.get("/v1/networkutils-env-settings", view(networkutils_env)),

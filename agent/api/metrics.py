@@ -185,6 +185,7 @@ class NodeCollector:
         for subnet in node.backoff.subnets:
             backoff.add_metric([subnet], 1)
         yield backoff
+        yield from _subnet_metrics(node)
         wait = c.add_wait_ms
         yield HistogramMetricFamily(
             "vpcni_add_wait_ms",
@@ -193,6 +194,33 @@ class NodeCollector:
             sum_value=wait.sum,
         )
         yield from _ec2_metrics(node)
+
+
+def _subnet_metrics(node: Node) -> Iterator[Metric]:
+    """The last prefix report per subnet (refreshed by GET /v1/subnets, `vpcni-ctl subnet`:
+    it lists every interface of the subnet, too costly for each scrape)."""
+    families = {
+        "free_prefix_blocks": GaugeMetricFamily(
+            "vpcni_subnet_free_prefix_blocks",
+            "Aligned /28s free in the subnet, as of the last subnet report",
+            labels=["subnet"],
+        ),
+        "node_can_get": GaugeMetricFamily(
+            "vpcni_subnet_prefixes_obtainable",
+            "More /28 prefixes this node can get in the subnet, as of the last report",
+            labels=["subnet"],
+        ),
+        "fragmented": GaugeMetricFamily(
+            "vpcni_subnet_fragmented",
+            "1 when fragmentation, not free addresses, limits prefixes (a reservation fixes it)",
+            labels=["subnet"],
+        ),
+    }
+    for subnet, report in sorted(node.subnet_reports.items()):
+        families["free_prefix_blocks"].add_metric([subnet], report.free_prefix_blocks)
+        families["node_can_get"].add_metric([subnet], report.node_can_get)
+        families["fragmented"].add_metric([subnet], int(report.limit == "fragmentation"))
+    yield from families.values()
 
 
 def _per_cidr_and_eni(node: Node) -> Iterator[Metric]:

@@ -41,7 +41,9 @@ from agent.cloud.port import (
     Unavailable,
 )
 from agent.histogram import Histogram
+from agent.ipam.instances import InstanceType, from_describe
 from agent.ipam.state import EniView
+from agent.ipam.subnets import Reservation, SubnetUsage, SubnetView
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
         DescribeNetworkInterfacesResultTypeDef,
         FilterTypeDef,
         NetworkInterfaceTypeDef,
+        SubnetTypeDef,
         TagTypeDef,
     )
 
@@ -60,6 +63,7 @@ T = TypeVar("T")
 
 # The VPC CNI's names, so its tooling (and a VPC CNI on the same account) recognises our ENIs.
 INSTANCE_TAG = "node.k8s.amazonaws.com/instance_id"
+NO_MANAGE_TAG = "node.k8s.amazonaws.com/no_manage"  # "true": vpcni leaves the ENI alone
 CREATED_AT_TAG = "node.k8s.amazonaws.com/createdAt"
 CLUSTER_TAG = "cluster.k8s.amazonaws.com/name"
 DESCRIPTION_PREFIX = "aws-K8S-"
@@ -250,6 +254,8 @@ class Ec2Adapter:
         self._stats: dict[str, _ActionStats] = {}
         self._subnet_cidrs: dict[str, IPv4Network] = {}  # subnet CIDRs never change
         self._eni_subnets: dict[str, str] = {}  # for InsufficientCidr on assign
+        self._instance_types: dict[str, InstanceType] = {}  # they do not change either
+        self._vpc_ids: dict[str, str] = {}  # subnet -> VPC
         # Two creates in flight would pick the same free device index.
         self._create_lock = asyncio.Lock()
 
@@ -339,8 +345,14 @@ class Ec2Adapter:
         return self._view(eni, cidrs, device_number=device_index, created_at=now)
 
     async def delete_eni(self, eni_id: str) -> None:
-        """Detach the ENI if attached, wait until it is available, delete it."""
+        """Detach the ENI if attached, wait until it is available, delete it. Only an ENI with
+        vpcni's (the VPC CNI's) instance tag: any other is refused with an Ec2Error."""
         eni = await self._describe_one(eni_id)
+        if not _owned(eni):
+            raise Ec2Error(
+                f"{eni_id} was not created by vpcni (no {INSTANCE_TAG} tag): not deleting it",
+                action="DeleteNetworkInterface",
+            )
         attachment = eni.get("Attachment", {})
         if eni.get("Status") != "available" and "AttachmentId" in attachment:
             attachment_id = attachment["AttachmentId"]
@@ -449,6 +461,76 @@ class Ec2Adapter:
                 log.info("deleted leaked ENI %s (created %s)", eni_id, rfc3339(created_at))
                 deleted += 1
         return deleted
+
+    async def describe_instance_type(self, name: str) -> InstanceType:
+        """An instance type's limits (network card 0) from DescribeInstanceTypes, cached: for a
+        type the built-in table lacks."""
+        cached = self._instance_types.get(name)
+        if cached is not None:
+            return cached
+        # The stubs list the types they knew of; a newer one is the very case here.
+        names: Any = [name]
+        reply = await self._call(
+            "DescribeInstanceTypes", lambda c: c.describe_instance_types(InstanceTypes=names)
+        )
+        found = [t for t in reply.get("InstanceTypes", []) if t.get("InstanceType") == name]
+        if not found:
+            raise NotFound(f"instance type {name} not found", action="DescribeInstanceTypes")
+        try:
+            itype = from_describe(found[0])
+        except (KeyError, TypeError, ValueError) as e:
+            raise Ec2Error(
+                f"DescribeInstanceTypes: {name} lacks {e}", action="DescribeInstanceTypes"
+            ) from None
+        self._instance_types[name] = itype
+        return itype
+
+    async def discover_subnets(
+        self, node_subnet_id: str, availability_zone: str
+    ) -> Sequence[SubnetView]:
+        """The subnets of the node subnet's VPC in `availability_zone` (subnet discovery)."""
+        vpc_id = self._vpc_ids.get(node_subnet_id)
+        if vpc_id is None:
+            (node_subnet,) = await self._describe_subnets(SubnetIds=[node_subnet_id])
+            vpc_id = node_subnet["VpcId"]
+        return [
+            _subnet_view(s)
+            for s in await self._describe_subnets(
+                Filters=[
+                    {"Name": "vpc-id", "Values": [vpc_id]},
+                    {"Name": "availability-zone", "Values": [availability_zone]},
+                ]
+            )
+        ]
+
+    async def subnet_usage(self, subnet_id: str) -> SubnetUsage:
+        """The subnet, its CIDR reservations and every address and prefix of its network
+        interfaces (for the prefix report)."""
+        (subnet,) = await self._describe_subnets(SubnetIds=[subnet_id])
+        reply = await self._call(
+            "GetSubnetCidrReservations",
+            lambda c: c.get_subnet_cidr_reservations(SubnetId=subnet_id),
+        )
+        reservations = tuple(
+            Reservation(cidr=IPv4Network(r["Cidr"]), type=r["ReservationType"])
+            for r in reply.get("SubnetIpv4CidrReservations", [])
+        )
+        enis = await self._describe_all([{"Name": "subnet-id", "Values": [subnet_id]}])
+        ips = frozenset(
+            IPv4Address(a["PrivateIpAddress"])
+            for eni in enis
+            for a in eni.get("PrivateIpAddresses", [])
+            if "PrivateIpAddress" in a
+        )
+        prefixes = tuple(
+            IPv4Network(p["Ipv4Prefix"]) for eni in enis for p in eni.get("Ipv4Prefixes", [])
+        )
+        return SubnetUsage(
+            subnet=_subnet_view(subnet),
+            reservations=reservations,
+            used_ips=ips,
+            used_prefixes=prefixes,
+        )
 
     def call_stats(self) -> Mapping[str, Mapping[str, float]]:
         """Per action: calls, errors, throttles, total_ms, max_ms and wait_ms (token bucket)."""
@@ -640,6 +722,24 @@ class Ec2Adapter:
             raise Ec2Error(f"subnets not found: {unknown}", action="DescribeSubnets")
         return self._subnet_cidrs
 
+    async def _describe_subnets(self, **request: Any) -> list[SubnetTypeDef]:
+        subnets: list[SubnetTypeDef] = []
+        token = ""
+        while True:
+            reply = await self._describe_subnets_page(
+                dict(request, NextToken=token) if token else request
+            )
+            for subnet in reply.get("Subnets", []):
+                self._subnet_cidrs[subnet["SubnetId"]] = IPv4Network(subnet["CidrBlock"])
+                self._vpc_ids[subnet["SubnetId"]] = subnet["VpcId"]
+                subnets.append(subnet)
+            token = reply.get("NextToken", "")
+            if not token:
+                return subnets
+
+    async def _describe_subnets_page(self, request: dict[str, Any]) -> Any:
+        return await self._call("DescribeSubnets", lambda c: c.describe_subnets(**request))
+
     async def _free_device_index(self, instance_id: str) -> int:
         reply = await self._call(
             "DescribeInstances", lambda c: c.describe_instances(InstanceIds=[instance_id])
@@ -707,18 +807,21 @@ class Ec2Adapter:
         attachment = eni.get("Attachment", {})
         if device_number is None:
             device_number = attachment.get("DeviceIndex", 0)
+        card = attachment.get("NetworkCardIndex", 0)
         if created_at is None:
             created_at = _created_at(eni)
         if created_at is None:
             attached = attachment.get("AttachTime")
             created_at = attached.timestamp() if attached else 0.0
+        # An efa-only interface has no IP at all: 0.0.0.0 stands in, and it is unmanaged.
+        primary_ip = IPv4Address(eni.get("PrivateIpAddress", "0.0.0.0"))
         return EniView(
             id=eni["NetworkInterfaceId"],
             device_number=device_number,
-            primary=device_number == 0,
+            primary=device_number == 0 and card == 0,
             subnet_id=eni["SubnetId"],
             subnet_cidr=cidrs[eni["SubnetId"]],
-            primary_ip=IPv4Address(eni["PrivateIpAddress"]),
+            primary_ip=primary_ip,
             mac=eni.get("MacAddress", ""),
             created_at=created_at,
             secondary_ips=tuple(
@@ -727,7 +830,42 @@ class Ec2Adapter:
                 if not a.get("Primary", False)
             ),
             prefixes=tuple(IPv4Network(p["Ipv4Prefix"]) for p in eni.get("Ipv4Prefixes", [])),
+            network_card=card,
+            unmanaged=unmanaged_reason(eni),
+            owned=(card == 0 and device_number == 0) or _owned(eni),
         )
+
+
+def _subnet_view(subnet: SubnetTypeDef) -> SubnetView:
+    return SubnetView(
+        id=subnet["SubnetId"],
+        cidr=IPv4Network(subnet["CidrBlock"]),
+        availability_zone=subnet.get("AvailabilityZone", ""),
+        free_addresses=subnet.get("AvailableIpAddressCount", 0),
+        tags={t.get("Key", ""): t.get("Value", "") for t in subnet.get("Tags", [])},
+    )
+
+
+def unmanaged_reason(eni: NetworkInterfaceTypeDef) -> str:
+    """Why vpcni must leave this ENI alone, as ipamd does; "" for a pool ENI."""
+    tags = {t.get("Key", ""): t.get("Value", "") for t in eni.get("TagSet", [])}
+    if tags.get(NO_MANAGE_TAG, "").lower() == "true":
+        return f"tagged {NO_MANAGE_TAG}=true"
+    kind = eni.get("InterfaceType", "interface")
+    if kind == "trunk":
+        return "trunk ENI (security groups for pods)"
+    if kind in ("efa", "efa-only"):
+        return f"{kind} interface"
+    card = eni.get("Attachment", {}).get("NetworkCardIndex", 0)
+    if card != 0:
+        return f"on network card {card}"
+    if "PrivateIpAddress" not in eni:
+        return "no private IPv4 address"
+    return ""
+
+
+def _owned(eni: NetworkInterfaceTypeDef) -> bool:
+    return any(t.get("Key") == INSTANCE_TAG for t in eni.get("TagSet", []))
 
 
 def _created_at(eni: NetworkInterfaceTypeDef) -> float | None:

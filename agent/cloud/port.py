@@ -12,7 +12,9 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from agent.histogram import Histogram
+from agent.ipam.instances import InstanceType
 from agent.ipam.state import EniView
+from agent.ipam.subnets import SubnetUsage, SubnetView
 
 # Tag keys containing this belong to the VPC CNI's (and vpcni's) own bookkeeping.
 RESERVED_TAG_MARK = "k8s.amazonaws.com"
@@ -106,6 +108,20 @@ class Ec2Port(Protocol):
         ips: Sequence[IPv4Address] = (),
         prefixes: Sequence[IPv4Network] = (),
     ) -> None: ...
+
+    async def describe_instance_type(self, name: str) -> InstanceType:
+        """An instance type's limits (network card 0) from DescribeInstanceTypes."""
+        ...
+
+    async def discover_subnets(
+        self, node_subnet_id: str, availability_zone: str
+    ) -> Sequence[SubnetView]:
+        """The subnets of the node subnet's VPC in the zone (ENABLE_SUBNET_DISCOVERY)."""
+        ...
+
+    async def subnet_usage(self, subnet_id: str) -> SubnetUsage:
+        """A subnet, its CIDR reservations and the addresses and prefixes in use in it."""
+        ...
 
     async def cleanup_leaked_enis(self, instance_id: str, *, older_than: float) -> int:
         """Delete `available` ENIs tagged with this instance, older than `older_than` seconds."""

@@ -14,8 +14,12 @@ at most one ENI).
 Beyond the VPC CNI, the round also knows how many ADDs are waiting for an address (`pending`):
 when they outnumber the addresses free right now (cooling ones are not), it grows in one call
 by their deficit plus what the warm target will lack once they are served, instead of one
-target's worth per round, and it never shrinks while any wait. With `pending=0` the rules are
-exactly ipamd's.
+target's worth per round, and it never shrinks while any wait. With MINIMUM_IP_TARGET alone it
+stops at the minimum as ipamd does (users rely on that as a cap).
+
+Where ipamd would keep an idle ENI only because the others do not *hold* the warm target, while
+they have room to *take* it, vpcni frees the ENI and regrows on the others (consolidation): a
+scale-down never ends with more ENIs than ipamd's. docs/architecture.md lists every difference.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from agent.ipam.backoff import PrefixBackoff
-from agent.ipam.blocks import PREFIX_SIZE
+from agent.ipam.blocks import PREFIX_SIZE, CidrBlock
 from agent.ipam.instances import InstanceType
 from agent.ipam.state import Eni, NodeState, PoolStats
 
@@ -123,6 +127,18 @@ def max_enis(settings: PoolSettings, instance: InstanceType) -> int:
     return instance.max_enis
 
 
+def counted_blocks(*, prefixes: bool, backoff: PrefixBackoff) -> Callable[[Eni, CidrBlock], bool]:
+    """Which blocks the pool maths counts: as ipamd's GetIPStats, only those of the mode in
+    force; /32s taken as prefix fallback count too while their subnet fails prefixes."""
+
+    def counts(eni: Eni, block: CidrBlock) -> bool:
+        if block.is_prefix:
+            return prefixes
+        return not prefixes or backoff.failing(eni.subnet_id)
+
+    return counts
+
+
 def plan(
     state: NodeState,
     settings: PoolSettings,
@@ -157,7 +173,8 @@ class _Round:
         self.pending = pending
         self.prefixes = prefix_mode(settings, limits.instance)
         self.slots = limits.instance.slots_per_eni
-        self.stats = state.stats(now)
+        self._counts = counted_blocks(prefixes=self.prefixes, backoff=backoff)
+        self.stats = state.stats(now, counts=self._counts)
 
     # -- the round --------------------------------------------------------------------------
 
@@ -189,6 +206,8 @@ class _Round:
         deficit = self.pending - free_now
         if deficit <= 0:
             return None
+        if self.settings.warm_ip_targets_defined and not self.settings.warm_ip_target:
+            return None  # MINIMUM_IP_TARGET alone caps the pool, as in ipamd
         if self.settings.warm_ip_targets_defined:
             warm = self.settings.warm_ip_target or 0
         elif self.prefixes:
@@ -215,6 +234,8 @@ class _Round:
         """Idle blocks of the kind not in use go back (and any block on the primary ENI under
         custom networking). /32s taken as prefix fallback stay while their subnet is failing."""
         for eni in self.state.enis.values():
+            if not eni.is_managed():
+                continue
             unusable = self.settings.custom_networking and eni.primary
             stale = tuple(
                 cidr
@@ -274,8 +295,9 @@ class _Round:
                     over=over_prefixes,
                 )
             return self._free_eni(
-                lambda eni: self._warm_ip_met_without(eni, warm, minimum),
+                lambda eni: self._warm_ip_lacking(eni, warm, minimum),
                 targets_met=f"targets met ({counts}; {targets})",
+                consolidate=True,
                 short=short_prefixes,
                 over=over_prefixes,
             )
@@ -297,17 +319,41 @@ class _Round:
                     over=over,
                 )
         return self._free_eni(
-            lambda eni: self._warm_ip_met_without(eni, warm, minimum),
+            lambda eni: self._warm_ip_lacking(eni, warm, minimum),
             targets_met=f"targets met ({counts}; {targets})",
+            consolidate=True,
             short=short,
             over=over,
         )
 
-    def _warm_ip_met_without(self, eni: Eni, warm: int, minimum: int) -> bool:
-        capacity = eni.capacity()
+    def _warm_ip_lacking(self, eni: Eni, warm: int, minimum: int) -> int | None:
+        """Addresses the targets would lack without the idle `eni` (ipamd's
+        isRequiredForWarmIPTarget / MinimumIPTarget): in prefix mode the targets count in whole
+        /28s. None when WARM_PREFIX_TARGET needs it (ipamd honours it here too, but growth
+        under WARM_IP_TARGET ignores it, so only keeping the ENI can)."""
+        capacity = self._counted_capacity(eni)
         other_available = self.stats.available - capacity
         other_total = self.stats.total - capacity
-        return other_available >= warm and other_total >= minimum
+        if self.prefixes:
+            warm = math.ceil(warm / PREFIX_SIZE) * PREFIX_SIZE
+            minimum = math.ceil(minimum / PREFIX_SIZE) * PREFIX_SIZE
+        lacking = max(warm - other_available, minimum - other_total, 0)
+        target = self.settings.warm_prefix_target
+        own_free = self._free_prefixes_of(eni)
+        # An ENI without a free prefix adds nothing to WARM_PREFIX_TARGET (ipamd may keep it).
+        if self.prefixes and target and own_free and self.stats.free_prefixes - own_free < target:
+            return None
+        return lacking
+
+    def _counted_capacity(self, eni: Eni) -> int:
+        return sum(b.capacity for b in eni.blocks.values() if self._counts(eni, b))
+
+    def _free_prefixes_of(self, eni: Eni) -> int:
+        return sum(
+            1
+            for b in eni.blocks.values()
+            if b.is_prefix and b.assigned == 0 and self._counts(eni, b)
+        )
 
     # -- WARM_PREFIX_TARGET ---------------------------------------------------------------------
 
@@ -335,11 +381,22 @@ class _Round:
             if decision.action is not None:
                 return decision
         return self._free_eni(
-            lambda eni: s.available - eni.capacity() >= max(wanted, 1),
+            self._warm_prefix_lacking,
             targets_met=f"WARM_PREFIX_TARGET={target} met ({counts})",
-            extra_needed=(target + 1) * PREFIX_SIZE,
+            consolidate=True,
             over=max(over, 0),
         )
+
+    def _warm_prefix_lacking(self, eni: Eni) -> int:
+        """Addresses WARM_PREFIX_TARGET would lack without the idle `eni`: as ipamd, it goes
+        unless the other ENIs hold fewer free prefixes than the target. With the target 0,
+        vpcni keeps one address available, where ipamd would free the ENI and attach another
+        at once (the pool is low when nothing is available)."""
+        target = self.settings.warm_prefix_target
+        other_free = self.stats.free_prefixes - self._free_prefixes_of(eni)
+        if target == 0:
+            return 1 if self.stats.available - self._counted_capacity(eni) < 1 else 0
+        return max(target - other_free, 0) * PREFIX_SIZE
 
     # -- WARM_ENI_TARGET (secondary IPs) -------------------------------------------------------
 
@@ -356,10 +413,14 @@ class _Round:
                 why=f"pool low: {counts}; < {self.slots} x WARM_ENI_TARGET={target}",
                 short=wanted - s.available,
             )
+        # ipamd frees any idle ENI once available >= (target + 1) ENIs' worth: with full ENIs,
+        # the same as the target still met without it. vpcni asks the latter, as its ENIs may
+        # be partly filled (growth stops at max pods, where ipamd attaches a full ENI past it);
+        # with the target 0 it keeps one address, where ipamd would free and attach again.
         return self._free_eni(
-            lambda eni: s.available - eni.capacity() >= wanted,
+            lambda eni: max(max(wanted, 1) - (s.available - self._counted_capacity(eni)), 0),
             targets_met=f"WARM_ENI_TARGET={target} met ({counts})",
-            extra_needed=(target + 1) * self.slots,
+            consolidate=False,
             over=s.available - wanted,
         )
 
@@ -416,10 +477,11 @@ class _Round:
                 over=over,
             )
         limit = max_enis(self.settings, self.limits.instance)
-        if len(self.state.enis) >= limit:
+        attached = self.state.attached_on_card0()  # unmanaged ENIs take slots too
+        if attached >= limit:
             return self._decision(
                 None,
-                f"{why}; but every ENI is full and {len(self.state.enis)} of {limit} are attached",
+                f"{why}; but every ENI is full and {attached} of {limit} are attached",
                 short=short,
                 over=over,
             )
@@ -431,8 +493,7 @@ class _Round:
         )
         return self._decision(
             action,
-            f"{why}{fallback_note}; every ENI is full, attaching ENI "
-            f"{len(self.state.enis) + 1} of {limit}",
+            f"{why}{fallback_note}; every ENI is full, attaching ENI {attached + 1} of {limit}",
             short=short,
             over=over,
         )
@@ -496,26 +557,48 @@ class _Round:
 
     def _free_eni(
         self,
-        met_without: Callable[[Eni], bool],
+        lacking: Callable[[Eni], int | None],
         *,
         targets_met: str,
-        extra_needed: int = 0,
+        consolidate: bool,
         short: int = 0,
         over: int = 0,
     ) -> Decision:
-        """At most one ENI per round: not primary, older than a minute, nothing leased or
-        cooling, and the targets still met without it."""
-        if extra_needed and self.stats.available < extra_needed:
-            return self._decision(None, targets_met, short=short, over=over)
-        for eni in sorted(self.state.enis.values(), key=lambda e: -e.device_number):
-            if eni.primary or self.now - eni.created_at < MIN_ENI_LIFETIME:
+        """At most one ENI per round: managed, created by vpcni, not primary, older than a
+        minute, nothing leased or cooling, and either not needed for the targets (`lacking`
+        it is 0: ipamd's rule) or, with `consolidate`, what the targets would lack fits in the
+        room of the other ENIs (None: needed, whatever room there is)."""
+        for eni in sorted(self.state.pod_enis(), key=lambda e: -e.device_number):
+            if eni.primary or not eni.owned or self.now - eni.created_at < MIN_ENI_LIFETIME:
                 continue
-            if not eni.is_idle(self.now) or not met_without(eni):
+            if not eni.is_idle(self.now):
+                continue
+            need = lacking(eni)
+            if need is None:
+                continue
+            if need <= 0:
+                why = "not needed for the targets"
+            elif consolidate and need <= self._room_without(eni):
+                why = f"the {need} addresses it holds for the targets fit on the other ENIs"
+            else:
                 continue
             return self._decision(
                 DeleteEni(eni_id=eni.id),
-                f"{targets_met}; {eni.id} is idle and not needed for the targets",
+                f"{targets_met}; {eni.id} is idle and {why}",
                 short=short,
                 over=over,
             )
         return self._decision(None, targets_met, short=short, over=over)
+
+    def _room_without(self, eni: Eni) -> int:
+        """Addresses the other pod ENIs could still take (free slots, within max pods), where
+        a request would not wait on a prefix back-off."""
+        size = PREFIX_SIZE if self.prefixes else 1
+        slots = sum(
+            self.slots - len(other.blocks)
+            for other in self.state.pod_enis()
+            if other is not eni
+            and not (self.prefixes and self.backoff.waiting(other.subnet_id, self.now))
+        )
+        other_total = self.stats.total - self._counted_capacity(eni)
+        return max(min(slots * size, self.limits.max_pods - other_total), 0)

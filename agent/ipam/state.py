@@ -7,7 +7,7 @@ checkpoint for leases (`restore`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -50,6 +50,13 @@ class EniView:
     created_at: float
     secondary_ips: tuple[IPv4Address, ...] = ()
     prefixes: tuple[IPv4Network, ...] = ()
+    network_card: int = 0
+    # Why vpcni must leave this ENI alone ("" when it is a pool ENI): tagged no_manage, trunk,
+    # EFA, another network card. Such an ENI keeps its attachment slot but never carries pods.
+    unmanaged: str = ""
+    # Created by vpcni (or the VPC CNI: it carries their tags), or the node's own primary ENI;
+    # False for an ENI someone else attached, which pods may use but vpcni never deletes.
+    owned: bool = True
 
 
 @dataclass(slots=True, eq=False, kw_only=True)
@@ -64,6 +71,9 @@ class Eni:
     primary_ip: IPv4Address
     mac: str
     created_at: float
+    network_card: int = 0
+    unmanaged: str = ""  # see EniView.unmanaged
+    owned: bool = True  # see EniView.owned
     blocks: dict[IPv4Network, CidrBlock] = field(default_factory=dict)
 
     def add_block(self, cidr: IPv4Network) -> CidrBlock:
@@ -85,6 +95,10 @@ class Eni:
 
     def is_idle(self, now: float) -> bool:
         return all(b.is_idle(now) for b in self.blocks.values())
+
+    def is_managed(self) -> bool:
+        """A pool ENI: vpcni may lease its addresses, give them back, detach and delete it."""
+        return not self.unmanaged
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,8 +158,21 @@ class NodeState:
         return len(self._leases)
 
     def pod_enis(self) -> list[Eni]:
-        """ENIs whose blocks may go to pods (not the primary under custom networking)."""
-        return [e for e in self.enis.values() if not (self.custom_networking and e.primary)]
+        """ENIs whose blocks may go to pods: managed ones, less the primary under custom
+        networking."""
+        return [
+            e
+            for e in self.enis.values()
+            if e.is_managed() and not (self.custom_networking and e.primary)
+        ]
+
+    def unmanaged_enis(self) -> list[Eni]:
+        """ENIs vpcni must never touch (see EniView.unmanaged)."""
+        return [e for e in self.enis.values() if not e.is_managed()]
+
+    def attached_on_card0(self) -> int:
+        """ENIs taking an attachment slot of network card 0 (the limit the table gives)."""
+        return sum(1 for e in self.enis.values() if e.network_card == 0)
 
     def _block_of(self, lease: Lease) -> CidrBlock | None:
         eni = self.enis.get(lease.eni_id)
@@ -158,11 +185,17 @@ class NodeState:
                     return eni, block
         return None
 
-    def stats(self, now: float) -> PoolStats:
+    def stats(
+        self, now: float, *, counts: Callable[[Eni, CidrBlock], bool] | None = None
+    ) -> PoolStats:
+        """Address counts of the pod ENIs; `counts` picks the blocks (default: all), as ipamd
+        counts only the blocks of the mode in force."""
         total = assigned = cooling = prefixes = free_prefixes = 0
         enis = self.pod_enis()
         for eni in enis:
             for block in eni.blocks.values():
+                if counts is not None and not counts(eni, block):
+                    continue
                 total += block.capacity
                 assigned += block.assigned_count
                 cooling += block.cooling_count(now)
@@ -192,19 +225,24 @@ class NodeState:
     ) -> Lease | None:
         """Lease an address to `key`; the same lease again if it has one; None if none is free.
 
-        Packs: the lowest free address of the fullest block that still has one, so empty
-        blocks appear and can be given back. Blocks of the preferred kind go first so that a
-        mode switch drains the other kind.
+        Packs: the lowest device number first, then the fullest block that still has a free
+        address, its lowest one; so the newest ENIs and empty blocks drain and can be given
+        back. Blocks of the preferred kind go first so that a mode switch drains the other kind.
         """
         existing = self._leases.get(key)
         if existing is not None:
             return existing
-        best: tuple[tuple[bool, int, int], Eni, CidrBlock, int] | None = None
+        best: tuple[tuple[bool, int, int, int], Eni, CidrBlock, int] | None = None
         for eni in self.pod_enis():
             for block in eni.blocks.values():
                 if block.is_taken():
                     continue
-                rank = (block.is_prefix != prefer_prefixes, -block.assigned_count, block.base)
+                rank = (
+                    block.is_prefix != prefer_prefixes,
+                    eni.device_number,
+                    -block.assigned_count,
+                    block.base,
+                )
                 if best is not None and rank >= best[0]:
                     continue  # cheap rank first: only a better block is worth a bitmap scan
                 bit = block.lowest_free(now)
@@ -306,8 +344,12 @@ class NodeState:
                 primary_ip=view.primary_ip,
                 mac=view.mac,
                 created_at=view.created_at,
+                network_card=view.network_card,
+                unmanaged=view.unmanaged,
+                owned=view.owned,
             )
             self.enis[view.id] = eni
+        eni.unmanaged = view.unmanaged  # a tag may come or go while it is attached
         for cidr in _blocks_of(view):
             eni.add_block(cidr)
         return eni
@@ -371,6 +413,8 @@ class NodeState:
 
 
 def _blocks_of(view: EniView) -> Iterator[IPv4Network]:
+    if view.unmanaged:
+        return  # their addresses belong to whoever manages the ENI, never to our pods
     yield from view.prefixes
     for ip in view.secondary_ips:
         if ip != view.primary_ip:

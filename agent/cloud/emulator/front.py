@@ -28,13 +28,14 @@ from agent.cloud.emulator.chaos import NON_MUTATING_PREFIXES, Chaos, Fault
 from agent.cloud.emulator.model import (
     ApiError,
     Ec2Model,
+    EmulatedType,
     Eni,
     Instance,
     Reservation,
     Subnet,
     matches,
 )
-from agent.ipam.instances import InstanceType, table
+from agent.ipam.instances import table
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,9 @@ def _page(
 # -- resource views (boto3 member names; codec turns them into XML) -------------------------
 
 
-def _dns_name(model: Ec2Model, ip: IPv4Address) -> str:
+def _dns_name(model: Ec2Model, ip: IPv4Address | None) -> str:
+    if ip is None:
+        return ""
     return f"ip-{str(ip).replace('.', '-')}.{model.region}.compute.internal"
 
 
@@ -131,7 +134,7 @@ def _groups(model: Ec2Model, groups: Sequence[str]) -> list[dict[str, str]]:
 def _private_ips(model: Ec2Model, eni: Eni) -> list[dict[str, Any]]:
     return [
         {"PrivateIpAddress": str(ip), "PrivateDnsName": _dns_name(model, ip), "Primary": primary}
-        for ip, primary in [(eni.primary_ip, True), *((ip, False) for ip in eni.secondary_ips)]
+        for ip, primary in [(ip, ip == eni.primary_ip) for ip in eni.addresses()]
     ]
 
 
@@ -144,26 +147,27 @@ def eni_view(model: Ec2Model, eni: Eni) -> Result:
         "AvailabilityZone": eni.availability_zone,
         "Description": eni.description,
         "Groups": _groups(model, eni.groups),
-        "InterfaceType": "interface",
+        "InterfaceType": eni.interface_type,
         "Ipv6Addresses": [],
         "MacAddress": eni.mac,
         "OwnerId": eni.owner_id,
-        "PrivateDnsName": _dns_name(model, eni.primary_ip),
-        "PrivateIpAddress": str(eni.primary_ip),
         "PrivateIpAddresses": _private_ips(model, eni),
         "Ipv4Prefixes": [{"Ipv4Prefix": str(p)} for p in eni.prefixes],
-        "RequesterManaged": False,
+        "RequesterManaged": eni.requester_managed,
         "SourceDestCheck": eni.source_dest_check,
         "Status": eni.status,
         "TagSet": _tag_list(eni.tags),
     }
+    if eni.primary_ip is not None:  # an efa-only interface has none, and EC2 leaves it out
+        view["PrivateDnsName"] = _dns_name(model, eni.primary_ip)
+        view["PrivateIpAddress"] = str(eni.primary_ip)
     if eni.attachment:
         view["Attachment"] = {
             "AttachmentId": eni.attachment.id,
             "AttachTime": eni.attachment.attach_time,
             "DeleteOnTermination": eni.attachment.delete_on_termination,
             "DeviceIndex": eni.attachment.device_index,
-            "NetworkCardIndex": 0,
+            "NetworkCardIndex": eni.attachment.network_card,
             "InstanceId": eni.attachment.instance_id,
             "InstanceOwnerId": model.account_id,
             "Status": eni.attachment.status,
@@ -213,7 +217,7 @@ def _instance_view(model: Ec2Model, instance: Instance) -> Result:
         "SourceDestCheck": primary.source_dest_check,
         "SecurityGroups": _groups(model, primary.groups),
         "NetworkInterfaces": [
-            _instance_eni_view(model, e) for e in model.instance_enis(instance.id)
+            _instance_eni_view(model, e) for e in model.instance_enis(instance.id, all_cards=True)
         ],
         "Tags": _tag_list(instance.tags),
     }
@@ -256,24 +260,43 @@ def _reservation_view(reservation: Reservation) -> Result:
     }
 
 
-def _instance_type_view(itype: InstanceType) -> Result:
-    return {
+def _instance_type_view(spec: EmulatedType) -> Result:
+    """An InstanceTypeInfo (its members as botocore's EC2 model names them): network card 0's
+    limits are the table's; the other cards are the type's own."""
+    itype = spec.limits
+    cards = [
+        {
+            "NetworkCardIndex": index,
+            "MaximumNetworkInterfaces": limit,
+            "InterfaceTypes": ["interface", "efa", "efa-only"]
+            if spec.efa_interfaces
+            else ["interface"],
+        }
+        for index, limit in enumerate(spec.cards)
+    ]
+    network = {
+        "MaximumNetworkInterfaces": sum(spec.cards),
+        "MaximumNetworkCards": len(spec.cards),
+        "DefaultNetworkCardIndex": 0,
+        "NetworkCards": cards,
+        "Ipv4AddressesPerInterface": itype.ipv4_per_eni,
+        "Ipv6AddressesPerInterface": itype.ipv4_per_eni,
+        "Ipv6Supported": True,
+        "EnaSupport": "required" if itype.supports_prefixes else "unsupported",
+        "EfaSupported": bool(spec.efa_interfaces),
+    }
+    if spec.efa_interfaces:
+        network["EfaInfo"] = {"MaximumEfaInterfaces": spec.efa_interfaces}
+    view: Result = {
         "InstanceType": itype.name,
         "CurrentGeneration": True,
         "BareMetal": itype.bare_metal,
-        "Hypervisor": itype.hypervisor or None,
         "VCpuInfo": {"DefaultVCpus": itype.vcpus},
-        "NetworkInfo": {
-            "MaximumNetworkInterfaces": itype.max_enis,
-            "MaximumNetworkCards": 1,
-            "DefaultNetworkCardIndex": 0,
-            "NetworkCards": [{"NetworkCardIndex": 0, "MaximumNetworkInterfaces": itype.max_enis}],
-            "Ipv4AddressesPerInterface": itype.ipv4_per_eni,
-            "Ipv6AddressesPerInterface": itype.ipv4_per_eni,
-            "Ipv6Supported": True,
-            "EnaSupport": "required" if itype.supports_prefixes else "unsupported",
-        },
+        "NetworkInfo": network,
     }
+    if itype.hypervisor:
+        view["Hypervisor"] = itype.hypervisor
+    return view
 
 
 # -- actions ---------------------------------------------------------------------------------
@@ -319,22 +342,20 @@ def describe_instances(model: Ec2Model, params: Params, now: float) -> Result:
 
 
 def describe_instance_types(model: Ec2Model, params: Params, now: float) -> Result:
-    """DescribeInstanceTypes from the project's instance table."""
+    """DescribeInstanceTypes: the project's instance table and the types added to the model."""
     names = params.get("InstanceTypes", [])
-    types = table()
-    missing = [n for n in names if n not in types]
+    known = set(table()) | set(model.instance_types)
+    missing = [n for n in names if n not in known]
     if missing:
         raise ApiError(
             "InvalidInstanceType", f"The following supplied instance types do not exist: {missing}"
         )
-    chosen = (
-        [types[n] for n in sorted(set(names))]
-        if names
-        else sorted(types.values(), key=lambda t: t.name)
-    )
+    chosen = [model.instance_type(n) for n in sorted(set(names) if names else known)]
     if params.get("Filters"):
         raise ApiError("InvalidParameterValue", "The emulator supports no instance type filters")
-    page, token = _page(chosen, lambda t: t.name, {"MaxResults": 100, **params}, limit=(5, 100))
+    page, token = _page(
+        chosen, lambda t: t.limits.name, {"MaxResults": 100, **params}, limit=(5, 100)
+    )
     return {"InstanceTypes": [_instance_type_view(t) for t in page], "NextToken": token}
 
 
@@ -409,6 +430,7 @@ def create_network_interface(model: Ec2Model, params: Params, now: float) -> Res
         ip_count=params.get("SecondaryPrivateIpAddressCount", 0),
         prefixes=[_net(p.get("Ipv4Prefix", "")) for p in params.get("Ipv4Prefixes", [])],
         prefix_count=params.get("Ipv4PrefixCount", 0),
+        interface_type=params.get("InterfaceType", "interface"),
         client_token=params.get("ClientToken", ""),
         request=json.dumps(
             {k: v for k, v in params.items() if k != "ClientToken"}, sort_keys=True, default=str
@@ -418,16 +440,15 @@ def create_network_interface(model: Ec2Model, params: Params, now: float) -> Res
 
 
 def attach_network_interface(model: Ec2Model, params: Params, now: float) -> Result:
-    """AttachNetworkInterface (network card 0 only)."""
-    if params.get("NetworkCardIndex", 0) != 0:
-        raise ApiError("InvalidParameterValue", "Only network card 0 exists in the emulator")
+    """AttachNetworkInterface, on any network card the instance type has."""
     attachment = model.attach_eni(
         eni_id=_required(params, "NetworkInterfaceId"),
         instance_id=_required(params, "InstanceId"),
         device_index=_required(params, "DeviceIndex"),
         now=now,
+        network_card=params.get("NetworkCardIndex", 0),
     )
-    return {"AttachmentId": attachment.id, "NetworkCardIndex": 0}
+    return {"AttachmentId": attachment.id, "NetworkCardIndex": attachment.network_card}
 
 
 def detach_network_interface(model: Ec2Model, params: Params, now: float) -> Result:
@@ -583,7 +604,7 @@ def imds_tree(model: Ec2Model, instance: Instance) -> ImdsTree:
             "mac": eni.mac,
             "owner-id": eni.owner_id,
             "local-hostname": _dns_name(model, eni.primary_ip),
-            "local-ipv4s": "\n".join(map(str, [eni.primary_ip, *eni.secondary_ips])),
+            "local-ipv4s": "\n".join(map(str, eni.addresses())),
             "security-group-ids": "\n".join(eni.groups),
             "security-groups": "\n".join(g["GroupName"] for g in _groups(model, eni.groups)),
             "subnet-id": eni.subnet_id,

@@ -32,6 +32,8 @@ MAX_DEVICE_INDEX = 31
 TENANT = "tenant"  # owner of addresses used by other tenants of the subnet
 
 ReservationType = Literal["prefix", "explicit"]
+# CreateNetworkInterface's InterfaceType values the model knows ("interface" when not given).
+INTERFACE_TYPES = frozenset({"interface", "efa", "efa-only", "trunk"})
 _ZONE_NONE, _ZONE_PREFIX, _ZONE_EXPLICIT = 0, 1, 2
 _ZEROS = bytes(PREFIX_SIZE)
 
@@ -148,6 +150,10 @@ class Subnet:
     def owner(self, ip: IPv4Address) -> str | None:
         """Who holds `ip` ("aws", "tenant", an ENI id) or None if free."""
         return self.owners.get(int(ip) - self.base)
+
+    def tenant_addresses(self) -> list[IPv4Address]:
+        """Addresses other tenants of the subnet hold, lowest first."""
+        return [self.address(o) for o, who in sorted(self.owners.items()) if who == TENANT]
 
     # -- allocation --------------------------------------------------------------------------
 
@@ -287,6 +293,7 @@ class Attachment:
     attach_time: float
     status: str = "attached"
     delete_on_termination: bool = False
+    network_card: int = 0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -298,9 +305,10 @@ class Eni:
     vpc_id: str
     availability_zone: str
     mac: str
-    primary_ip: IPv4Address
+    primary_ip: IPv4Address | None  # None only for an efa-only interface
     created: float
     owner_id: str
+    interface_type: str = "interface"
     description: str = ""
     groups: tuple[str, ...] = ()
     secondary_ips: list[IPv4Address] = field(default_factory=list)
@@ -308,16 +316,36 @@ class Eni:
     tags: dict[str, str] = field(default_factory=dict)
     attachment: Attachment | None = None
     source_dest_check: bool = True
+    requester_managed: bool = False  # an AWS service's interface (here: other tenants')
 
     @property
     def status(self) -> str:
-        """`in-use` when attached, `available` otherwise."""
-        return "in-use" if self.attachment else "available"
+        """`in-use` when attached (or an AWS service's), `available` otherwise."""
+        return "in-use" if self.attachment or self.requester_managed else "available"
 
     @property
     def slots_used(self) -> int:
         """Secondary IPs and prefixes share the ENI's slots."""
         return len(self.secondary_ips) + len(self.prefixes)
+
+    def addresses(self) -> list[IPv4Address]:
+        """Primary (if any) and secondary IPv4 addresses."""
+        head = [] if self.primary_ip is None else [self.primary_ip]
+        return [*head, *self.secondary_ips]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmulatedType:
+    """An instance type as the emulator serves it: network card 0's limits (what vpcni's table
+    holds) and the ENIs each network card takes; EFA interfaces it allows."""
+
+    limits: InstanceType
+    cards: tuple[int, ...]  # MaximumNetworkInterfaces by NetworkCardIndex
+    efa_interfaces: int = 0
+
+    @classmethod
+    def single_card(cls, limits: InstanceType) -> EmulatedType:
+        return cls(limits=limits, cards=(limits.max_enis,))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -330,8 +358,15 @@ class Instance:
     availability_zone: str
     launch_time: float
     image_id: str
-    enis: dict[int, str] = field(default_factory=dict)
+    cards: tuple[int, ...] = ()  # max ENIs per network card; () means card 0 only
+    enis: dict[int, str] = field(default_factory=dict)  # network card 0, by device index
+    other_cards: dict[tuple[int, int], str] = field(default_factory=dict)  # (card, device)
     tags: dict[str, str] = field(default_factory=dict)
+
+    def card_limit(self, card: int) -> int:
+        """ENIs network card `card` takes (0 when the type has no such card)."""
+        cards = self.cards or (self.type.max_enis,)
+        return cards[card] if 0 <= card < len(cards) else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,8 +411,9 @@ ENI_FILTERS: dict[str, EniFilter] = {
     "description": lambda e: [e.description],
     "mac-address": lambda e: [e.mac],
     "group-id": lambda e: list(e.groups),
-    "private-ip-address": lambda e: [str(e.primary_ip), *map(str, e.secondary_ips)],
-    "addresses.private-ip-address": lambda e: [str(e.primary_ip), *map(str, e.secondary_ips)],
+    "private-ip-address": lambda e: [str(ip) for ip in e.addresses()],
+    "addresses.private-ip-address": lambda e: [str(ip) for ip in e.addresses()],
+    "interface-type": lambda e: [e.interface_type],
     "ipv4-prefix": lambda e: [str(p) for p in e.prefixes],
     "tag-key": lambda e: list(e.tags),
     "attachment.instance-id": lambda e: [e.attachment.instance_id] if e.attachment else [],
@@ -439,6 +475,7 @@ class Ec2Model:
         self.subnets: dict[str, Subnet] = {}
         self.instances: dict[str, Instance] = {}
         self.enis: dict[str, Eni] = {}
+        self.instance_types: dict[str, EmulatedType] = {}  # beyond vpcni's table
         self._macs: set[str] = set()
         self._ids: set[str] = set()
         self._listeners: list[AttachListener] = []
@@ -528,13 +565,39 @@ class Ec2Model:
         elif owners and not any("*" in o or "?" in o for o in owners):
             # The agent's usual query: go through the instances, not every ENI of the VPC.
             found = (self.instances.get(o) for o in dict.fromkeys(owners))
-            pool = [self.enis[e] for i in found if i for e in i.enis.values()]
+            pool = [
+                self.enis[e]
+                for i in found
+                if i
+                for e in [*i.enis.values(), *i.other_cards.values()]
+            ]
         else:
             pool = list(self.enis.values())
+            pool += [t for s in self.subnets.values() if (t := self._tenant_eni(s)) is not None]
         out = [
             e for e in pool if all(matches(eni_filter_values(e, k), v) for k, v in filters.items())
         ]
         return sorted(out, key=lambda e: e.id)
+
+    def _tenant_eni(self, subnet: Subnet) -> Eni | None:
+        """Other tenants' addresses as one unattached interface of nobody's, so that a describe
+        of the subnet's interfaces shows every address in use, as a real shared subnet does."""
+        addresses = subnet.tenant_addresses()
+        if not addresses:
+            return None
+        return Eni(
+            id="eni-tenants-" + subnet.id.removeprefix("subnet-"),
+            subnet_id=subnet.id,
+            vpc_id=subnet.vpc_id,
+            availability_zone=subnet.availability_zone,
+            mac="02:00:00:00:00:00",
+            primary_ip=addresses[0],
+            created=0.0,
+            owner_id="amazon-aws",
+            description="addresses of other tenants of the subnet",
+            secondary_ips=addresses[1:],
+            requester_managed=True,
+        )
 
     # -- VPC layout --------------------------------------------------------------------------
 
@@ -634,14 +697,15 @@ class Ec2Model:
     ) -> Instance:
         """A running instance with its primary ENI (device 0) in `subnet_id`."""
         try:
-            itype = lookup(instance_type)
-        except UnknownInstanceType as e:
-            raise ApiError("InvalidParameterValue", str(e)) from None
+            spec = self.instance_type(instance_type)
+        except ApiError as e:
+            raise ApiError("InvalidParameterValue", e.message) from None
         subnet = self.subnet(subnet_id)
         _check_groups(groups)
         instance = Instance(
             id=self._new_id("i"),
-            type=itype,
+            type=spec.limits,
+            cards=spec.cards,
             subnet_id=subnet_id,
             availability_zone=subnet.availability_zone,
             launch_time=now,
@@ -662,6 +726,21 @@ class Ec2Model:
         self.instances[instance.id] = instance
         return instance
 
+    @_locked
+    def add_instance_type(self, spec: EmulatedType) -> None:
+        """Serve an instance type vpcni's table lacks (or one with other network cards)."""
+        self.instance_types[spec.limits.name] = spec
+
+    def instance_type(self, name: str) -> EmulatedType:
+        """An added type, else the table's (one network card); InvalidInstanceType if neither."""
+        spec = self.instance_types.get(name)
+        if spec is not None:
+            return spec
+        try:
+            return EmulatedType.single_card(lookup(name))
+        except UnknownInstanceType as e:
+            raise ApiError("InvalidInstanceType", str(e)) from None
+
     def primary_eni(self, instance: Instance) -> Eni:
         """The ENI at device index 0."""
         return self.enis[instance.enis[0]]
@@ -670,7 +749,7 @@ class Ec2Model:
     def terminate_instance(self, instance_id: str) -> None:
         """Detach every ENI; delete those marked DeleteOnTermination."""
         instance = self.instance(instance_id)
-        for eni_id in list(instance.enis.values()):
+        for eni_id in [*instance.enis.values(), *instance.other_cards.values()]:
             eni = self.enis[eni_id]
             assert eni.attachment is not None
             delete = eni.attachment.delete_on_termination
@@ -691,7 +770,12 @@ class Ec2Model:
         tags: Mapping[str, str],
         primary_ip: IPv4Address | None = None,
         identity: tuple[str, str] | None = None,
+        interface_type: str = "interface",
     ) -> Eni:
+        if interface_type not in INTERFACE_TYPES:
+            raise ApiError("InvalidParameterValue", f"Invalid interface type '{interface_type}'")
+        if interface_type == "efa-only" and primary_ip is not None:
+            raise ApiError("InvalidParameterCombination", "An efa-only interface has no IP")
         if identity is None:
             eni_id, mac = self._new_id("eni"), self._new_mac()
         else:
@@ -702,7 +786,9 @@ class Ec2Model:
                 )
             self._ids.add(eni_id)
             self._macs.add(mac)
-        if primary_ip is None:
+        if interface_type == "efa-only":
+            pass  # EFA-only interfaces carry no IP address at all
+        elif primary_ip is None:
             primary_ip = subnet.take_any(eni_id)
         else:
             subnet.take(primary_ip, eni_id)
@@ -715,6 +801,7 @@ class Ec2Model:
             primary_ip=primary_ip,
             created=now,
             owner_id=self.account_id,
+            interface_type=interface_type,
             description=description,
             groups=groups or (self.vpc.default_security_group,),
             tags=dict(tags),
@@ -737,6 +824,7 @@ class Ec2Model:
         prefixes: Sequence[IPv4Network] = (),
         prefix_count: int = 0,
         identity: tuple[str, str] | None = None,
+        interface_type: str = "interface",
         client_token: str = "",
         request: str = "",
     ) -> Eni:
@@ -767,7 +855,11 @@ class Ec2Model:
             tags=tags,
             primary_ip=primary_ip,
             identity=identity,
+            interface_type=interface_type,
         )
+        if (ips or ip_count or prefixes or prefix_count) and interface_type == "efa-only":
+            self._delete(eni)
+            raise ApiError("InvalidParameterCombination", "An efa-only interface has no IP")
         if ips or ip_count or prefixes or prefix_count:
             try:
                 self._assign(
@@ -787,13 +879,21 @@ class Ec2Model:
 
     @_locked
     def attach_eni(
-        self, *, eni_id: str, instance_id: str, device_index: int, now: float
+        self,
+        *,
+        eni_id: str,
+        instance_id: str,
+        device_index: int,
+        now: float,
+        network_card: int = 0,
     ) -> Attachment:
-        """AttachNetworkInterface."""
+        """AttachNetworkInterface, on network card 0 or another card the type has."""
         eni = self.eni(eni_id)
         instance = self.instance(instance_id)
         if eni.attachment:
             raise ApiError("InvalidParameterValue", f"Interface: [{eni_id}] in use.")
+        if network_card != 0:
+            return self._attach_other_card(eni, instance, device_index, network_card, now)
         if len(instance.enis) >= instance.type.max_enis:
             raise ApiError(
                 "AttachmentLimitExceeded",
@@ -825,12 +925,42 @@ class Ec2Model:
             listener.on_attach(instance_id, eni)
         return eni.attachment
 
+    def _attach_other_card(
+        self, eni: Eni, instance: Instance, device_index: int, card: int, now: float
+    ) -> Attachment:
+        limit = instance.card_limit(card)
+        if limit == 0:
+            raise ApiError(
+                "InvalidParameterValue",
+                f"Network card index {card} is not valid for {instance.type.name}",
+            )
+        used = sum(1 for c, _ in instance.other_cards if c == card)
+        if used >= limit:
+            raise ApiError(
+                "AttachmentLimitExceeded",
+                f"Network card {card} of {instance.type.name} takes {limit} interfaces",
+            )
+        if (card, device_index) in instance.other_cards:
+            raise ApiError(
+                "InvalidParameterValue",
+                f"Network card {card} already has an interface at device index {device_index}",
+            )
+        eni.attachment = Attachment(
+            id=self._new_id("eni-attach"),
+            instance_id=instance.id,
+            device_index=device_index,
+            attach_time=now,
+            network_card=card,
+        )
+        instance.other_cards[(card, device_index)] = eni.id
+        return eni.attachment  # the node's OS-level links model card 0 only: no listeners
+
     @_locked
     def detach_eni(self, *, attachment_id: str) -> Eni:
         """DetachNetworkInterface (completes at once)."""
         for eni in self.enis.values():
             if eni.attachment and eni.attachment.id == attachment_id:
-                if eni.attachment.device_index == 0:
+                if eni.attachment.device_index == 0 and eni.attachment.network_card == 0:
                     raise ApiError(
                         "OperationNotPermitted",
                         "The network interface at device index 0 cannot be detached.",
@@ -844,6 +974,10 @@ class Ec2Model:
 
     def _detach(self, instance: Instance, eni: Eni) -> None:
         assert eni.attachment is not None
+        if eni.attachment.network_card:
+            del instance.other_cards[(eni.attachment.network_card, eni.attachment.device_index)]
+            eni.attachment = None
+            return
         del instance.enis[eni.attachment.device_index]
         eni.attachment = None
         for listener in list(self._listeners):
@@ -862,7 +996,7 @@ class Ec2Model:
 
     def _delete(self, eni: Eni) -> None:
         subnet = self.subnets[eni.subnet_id]
-        for ip in [eni.primary_ip, *eni.secondary_ips]:
+        for ip in eni.addresses():
             subnet.release(ip)
         for prefix in eni.prefixes:
             subnet.release_prefix(prefix)
@@ -1056,8 +1190,12 @@ class Ec2Model:
 
     # -- views -------------------------------------------------------------------------------
 
-    def instance_enis(self, instance_id: str) -> Iterator[Eni]:
-        """The instance's ENIs by device index."""
+    def instance_enis(self, instance_id: str, *, all_cards: bool = False) -> Iterator[Eni]:
+        """The instance's ENIs on network card 0 by device index; then, with `all_cards`,
+        those on other cards by (card, device index)."""
         instance = self.instance(instance_id)
         for index in sorted(instance.enis):
             yield self.enis[instance.enis[index]]
+        if all_cards:
+            for place in sorted(instance.other_cards):
+                yield self.enis[instance.other_cards[place]]
