@@ -53,7 +53,7 @@ data: setup
 	$(PY) scripts/gen_instance_table.py ../shared/data/describe_instance_types.json.gz ../shared/data/vpc_ip_resource_limits.csv agent/ipam/instance_types.csv
 
 bench: setup plugin
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(if $(filter-out 0,$(QUICK)),--quick)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build

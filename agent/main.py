@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from agent.cni import lifecycle as cni_lifecycle
 from agent.ipam import instances
 from agent.node import Node
 from agent.settings import Settings, SettingsError, load
+from agent.store import StoreError
 from datapath.port import Datapath, DatapathError, NoDatapath
 
 log = logging.getLogger("vpcni.agent")
@@ -115,6 +117,8 @@ async def run(settings: Settings) -> None:
             await node.start()
         except Ec2Error as e:
             raise StartupError(f"EC2 describe failed: {e}") from e
+        except StoreError as e:
+            raise StartupError(f"checkpoint: {e}") from e
         except DatapathError as e:
             raise StartupError(
                 f"{datapath.mode} datapath cannot start: {e} (it needs root/CAP_NET_ADMIN; "
@@ -135,6 +139,7 @@ async def run(settings: Settings) -> None:
         # Spooled DELs replayed, then the conflist published: the runtime's cue that we are ready.
         stack.push_async_callback(await cni_lifecycle.start(node, settings.socket, os.environ))
         node.counters.startup_seconds = process_age()
+        settle_heap()
         log.info(
             "ready",
             extra={
@@ -150,6 +155,19 @@ async def run(settings: Settings) -> None:
         await stop.wait()
         log.info("stopping: no more ADDs, finishing in-flight requests")
         node.accepting = False
+
+
+def settle_heap() -> None:
+    """Take what start-up built (boto3's EC2 model, aiohttp, the instance table: most of the
+    heap, and kept for good) out of the cyclic collector's reach.
+
+    Full collections walked all of it on the event loop, 84-267 ms each, in the middle of CNI
+    requests; frozen objects are never scanned again, so a full pass only sees what was made
+    since. CPython's young-generation thresholds stay: larger ones made young passes longer
+    (bench/gc_pause.py).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _watch_eni_config(

@@ -4,43 +4,46 @@
 - `agent.pool`: the pool manager (planner decisions, one at a time)
 - `agent.executor`: carries a decision out through EC2 and the datapath
 - `agent.resync`: EC2 resync and leaked-ENI cleanup
+- `agent.reconcile`: releases the leases of pods that are gone (lost DELs)
 Decisions are the core's (`agent.ipam.planner.plan`); nothing here decides pool sizes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
 from agent.cloud.port import Ec2Port, NodeIdentity
 from agent.counters import Counters
 from agent.executor import GROWING, Ec2Executor, PlanRecord, eni_link
-from agent.ipam import checkpoint
 from agent.ipam.backoff import PrefixBackoff
 from agent.ipam.instances import InstanceType
 from agent.ipam.maxpods import max_pods
 from agent.ipam.planner import Decision, Limits, prefix_mode
-from agent.ipam.state import AddressInUse, Lease, NodeState, ReconcileReport
+from agent.ipam.state import AddressInUse, IPAMKey, Lease, NodeState, ReconcileReport
 from agent.ipam.subnets import PrefixReport
 from agent.pods import Attachment, NodeError, PodRequest, Pods
 from agent.pool import PoolManager
+from agent.reconcile import LeaseReconcile
 from agent.resync import Resync
 from agent.settings import Settings
-from agent.store import CheckpointStore, StoreError
-from datapath.port import Datapath
+from agent.store import CheckpointStore
+from datapath.port import Datapath, DatapathError
 
 if TYPE_CHECKING:
     from agent.kube import EniConfigWatch
 
 log = logging.getLogger("vpcni.node")
 
+# Container id prefix of leases rebuilt from the node's wiring after a checkpoint was lost.
+RECOVERED = "recovered:"
 # vpcni reports itself to the max-pods calculator as a CNI with prefix delegation support.
 CNI_VERSION = "1.19.0"
 
@@ -70,9 +73,7 @@ class Node:
         self.rng = rng or random.Random()
         self.state = NodeState(custom_networking=settings.pool.custom_networking)
         self.backoff = PrefixBackoff()
-        self.store = CheckpointStore(
-            settings.checkpoint_path, lambda: checkpoint.encode(self.state.leases())
-        )
+        self.store = CheckpointStore(settings.checkpoint_path, self.state)
         self.max_pods = max_pods(
             instance,
             cni_version=CNI_VERSION,
@@ -134,6 +135,9 @@ class Node:
             clock=clock,
             monotonic=_monotonic,
         )
+        self.reconcile = LeaseReconcile(
+            state=self.state, pods=self.pods, datapath=datapath, counters=self.counters
+        )
         self.ready = False
         self.accepting = True
         # Set when custom networking follows the ENIConfig in the Kubernetes API.
@@ -167,7 +171,7 @@ class Node:
 
     async def _start(self) -> ReconcileReport:
         report = await self.resyncer.initial()
-        restored, dropped = self._restore()
+        restored, dropped = await self._restore()
         log.info(
             "state restored",
             extra={
@@ -178,28 +182,45 @@ class Node:
         )
         # ENIs that are not vpcni's (trunk, EFA, no_manage, other cards) get no datapath.
         await self.datapath.start([eni_link(e) for e in self.state.enis.values() if e.is_managed()])
-        if dropped:
-            await self.store.commit()
+        # A fresh generation: one snapshot of what was restored, an empty journal.
+        await self.store.open()
         if self.settings.leaked_eni_cleanup:  # then hourly, from the pool manager
             self.resyncer.last_cleanup = self.clock()
             self.pods.spawn(self.resyncer.cleanup_leaked())
+        await self.reconcile.start()
         self.pool.start()
         self.ready = True
         return report
 
-    def _restore(self) -> tuple[int, int]:
-        data = self.store.load()
-        if data is None:
-            return 0, 0
-        try:
-            leases = checkpoint.decode(data)
-        except checkpoint.CheckpointError as e:
-            # Keep the unreadable file for a human; start empty rather than not at all.
-            broken = self.store.path.with_suffix(".corrupt")
-            self.store.path.replace(broken)
-            log.error("checkpoint unreadable, moved aside", extra={"error": str(e)})
+    async def _restore(self) -> tuple[int, int]:
+        """Leases from the checkpoint; what it lost, from the pods the node still routes to."""
+        found = await asyncio.to_thread(self.store.recover)
+        for problem in found.skipped:
+            log.warning("checkpoint entry dropped", extra={"error": problem})
+            self.counters.error("checkpoint_entry_malformed")
+        for problem in found.torn:
+            log.warning("checkpoint journal ends early (unacknowledged)", extra={"error": problem})
+        leases = found.leases
+        if found.unreadable is not None:
             self.counters.error("checkpoint_corrupt")
-            return 0, 0
+            rebuilt = await self._wired_leases({lease.ip for lease in leases})
+            log.error(
+                "CHECKPOINT UNREADABLE: leases rebuilt from the pods wired on this node",
+                extra={
+                    "error": found.unreadable,
+                    "moved_to": str(found.moved_to),
+                    "from_journal": len(leases),
+                    "from_wiring": len(rebuilt),
+                },
+            )
+            leases = [*leases, *rebuilt]
+        elif any(_recovered(lease) for lease in leases):
+            # Leases of an earlier rebuild last as long as their pod's wiring.
+            wired = {w.ip for w in await self.datapath.wired_addresses()}
+            gone = [lease for lease in leases if _recovered(lease) and lease.ip not in wired]
+            leases = [lease for lease in leases if lease not in gone]
+            for lease in gone:
+                log.info("recovered lease released: pod unwired", extra={"ip": str(lease.ip)})
         restored = dropped = 0
         for lease in leases:
             try:
@@ -215,17 +236,40 @@ class Node:
                     f"lease dropped: {why}",
                     extra={"ip": str(lease.ip), "container_id": lease.key.container_id},
                 )
+        dropped += len(found.skipped)
         self.counters.leases_dropped += dropped
         return restored, dropped
+
+    async def _wired_leases(self, known: set[IPv4Address]) -> list[Lease]:
+        """Leases for the addresses the datapath still routes to pods: their owners are
+        unknown, but no other pod may get them (released at a start once unwired)."""
+        try:
+            wired = await self.datapath.wired_addresses()
+        except DatapathError as e:
+            log.error("cannot list wired pods to rebuild leases", extra={"error": str(e)})
+            return []
+        return [
+            Lease(
+                key=IPAMKey("", f"{RECOVERED}{w.host_veth}", "eth0"),
+                ip=w.ip,
+                eni_id="",
+                cidr=IPv4Network(f"{w.ip}/32"),
+                pod_namespace="",
+                pod_name=w.host_veth,
+                assigned_at=self.clock(),
+            )
+            for w in wired
+            if w.ip not in known
+        ]
 
     async def stop(self) -> None:
         """Stop taking ADDs, finish in-flight work, write the checkpoint; pods keep working."""
         self.accepting = False
         if self.pods.background:
             await asyncio.wait(self.pods.background, timeout=10)
+        await self.reconcile.stop()
         await self.pool.stop()
-        with contextlib.suppress(StoreError):
-            await self.store.commit()
+        await self.store.close()
         await self.datapath.close()
 
     # -- CNI verbs (gated on start-up and shutdown) ---------------------------------------------
@@ -292,6 +336,10 @@ class Node:
     async def resync(self) -> ReconcileReport:
         """Re-read ENIs and blocks from EC2 and drop leases whose block vanished."""
         return await self.resyncer.resync()
+
+
+def _recovered(lease: Lease) -> bool:
+    return lease.key.container_id.startswith(RECOVERED)
 
 
 def _monotonic() -> float:

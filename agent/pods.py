@@ -86,6 +86,8 @@ class Pods:
         self.monotonic = monotonic
         self.background: set[asyncio.Task[Any]] = set()
         self._adding: Counter[IPAMKey] = Counter()
+        # The netns path of each attachment ADDed since start: the lease reconcile checks it.
+        self._netns: dict[IPAMKey, str] = {}
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` in the background; shutdown waits for it."""
@@ -96,6 +98,10 @@ class Pods:
     def adding(self, key: IPAMKey) -> bool:
         """Is an ADD of `key` in flight?"""
         return key in self._adding
+
+    def netns_of(self, key: IPAMKey) -> str:
+        """The netns path the attachment's ADD gave ("" if none was seen since start)."""
+        return self._netns.get(key, "")
 
     async def add(self, req: PodRequest) -> Attachment:
         """Lease an address (waiting for the pool up to VPCNI_ADD_WAIT_MS), wire the pod,
@@ -135,6 +141,7 @@ class Pods:
             if isinstance(outcome, BaseException):
                 raise outcome
         assert isinstance(wiring, WiredPod)
+        self._netns[req.key] = req.netns
         self.pool.wake()
         return Attachment(lease=lease, wired=wiring, mtu=pod.mtu, waited_ms=waited_ms)
 
@@ -157,9 +164,9 @@ class Pods:
             self.spawn(self.commit_quietly())
         if isinstance(error, StoreError):
             raise NodeError(11, str(error), status=503) from error
-        status = 400 if error.missing_netns else 500
-        code = 4 if error.missing_netns else 999
-        raise NodeError(code, f"wiring failed: {error}", status=status) from error
+        if error.caller_error:
+            raise NodeError(4, f"CNI_NETNS or CNI_IFNAME refused: {error}", status=400) from error
+        raise NodeError(999, f"wiring failed: {error}", status=500) from error
 
     def _owns(self, key: IPAMKey, fresh: bool) -> bool:
         """May a failed ADD roll its lease back? Only if it created it and no other ADD of the
@@ -206,21 +213,29 @@ class Pods:
                 self.pool.waiting -= 1
 
     async def delete(self, req: PodRequest, *, reason: str = "PodDeleted") -> Lease | None:
-        """Release into cooldown and unwire; fine for an unknown container. `reason` labels the
+        """Unwire and release into cooldown; fine for an unknown container, whose DEL changes
+        nothing. The datapath touches only this attachment's own veth and answers once the
+        address is unreachable (the veth itself goes in the background). `reason` labels the
         request in metrics (aws-node's `PodDeleted` for a CNI DEL)."""
         self.counters.delete += 1
         reasons = self.counters.delete_reasons
         reasons[reason] = reasons.get(reason, 0) + 1
+        return await self._release(req, unless_adding=False)
+
+    async def _release(self, req: PodRequest, *, unless_adding: bool) -> Lease | None:
         lease = self.state.lease(req.key)
         if lease is not None:
             eni = self.state.enis.get(lease.eni_id)
             if eni is not None:
                 with contextlib.suppress(DatapathError):
                     await self.datapath.unwire(self.pod_network(req, lease, eni))
+        if unless_adding and self.adding(req.key):
+            return None
         # The lease may have changed while we awaited (another DEL); release what is there now.
         released = self.state.release(
             req.key, now=self.clock(), cooldown=self.settings.pool.ip_cooldown_period
         )
+        self._netns.pop(req.key, None)
         if released is None:
             if lease is not None:
                 # A concurrent DEL of the same key released it while we unwired: its write
@@ -240,6 +255,16 @@ class Pods:
         self.pool.wake()
         return released
 
+    async def release_gone(self, lease: Lease) -> Lease | None:
+        """Release the lease of a pod found gone (see agent.reconcile), unless an ADD of its key
+        started meanwhile or the lease changed; its rules go, nothing else is there."""
+        if self.adding(lease.key) or self.state.lease(lease.key) != lease:
+            return None
+        req = PodRequest(
+            key=lease.key, netns="", pod_namespace=lease.pod_namespace, pod_name=lease.pod_name
+        )
+        return await self._release(req, unless_adding=True)
+
     async def check(self, req: PodRequest) -> list[str]:
         """Problems with the attachment (empty: all is well); NodeError 3 if unknown."""
         self.counters.check += 1
@@ -249,7 +274,14 @@ class Pods:
         eni = self.state.enis.get(lease.eni_id)
         if eni is None:
             return [f"ENI {lease.eni_id} of {lease.ip} is no longer attached"]
-        return await self.datapath.check(self.pod_network(req, lease, eni))
+        try:
+            return await self.datapath.check(self.pod_network(req, lease, eni))
+        except DatapathError as e:
+            if e.refused:
+                raise NodeError(4, f"CNI_NETNS refused: {e}", status=400) from e
+            if e.missing_netns:
+                return [str(e)]
+            raise NodeError(999, f"checking failed: {e}", status=500) from e
 
     async def gc(self, network_name: str, valid: Iterable[tuple[str, str]]) -> list[Lease]:
         """Release every lease of `network_name` not in `valid` (container id, ifname)."""
@@ -286,6 +318,7 @@ class Pods:
             container_id=req.key.container_id,
             netns=req.netns,
             ifname=req.key.ifname,
+            network_name=req.key.network_name,
             pod_namespace=lease.pod_namespace or req.pod_namespace,
             pod_name=lease.pod_name or req.pod_name,
             ip=lease.ip,

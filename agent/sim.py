@@ -23,7 +23,7 @@ from agent.cloud.emulator.model import Eni as SimEni
 from agent.cloud.port import NodeIdentity
 from agent.settings import Settings
 from agent.store import write_atomic
-from datapath.port import Datapath, EniLink, PodNetwork, WiredPod
+from datapath.port import Datapath, EniLink, PodNetwork, WiredAddress, WiredPod
 from datapath.sandbox import DEFAULT_REMOTE_HOST, Sandbox
 
 log = logging.getLogger("vpcni.sim")
@@ -235,6 +235,15 @@ class SandboxedDatapath:
 
     async def check(self, pod: PodNetwork) -> list[str]:
         return await self.inner.check(pod)
+
+    async def present(self, pods: Sequence[PodNetwork]) -> list[bool]:
+        return await self.inner.present(pods)
+
+    async def settle(self) -> None:
+        await self.inner.settle()
+
+    async def wired_addresses(self) -> list[WiredAddress]:
+        return await self.inner.wired_addresses()
 
     def status(self) -> Mapping[str, Any]:
         return {

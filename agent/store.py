@@ -1,34 +1,80 @@
-"""The durable checkpoint file: atomic write, fsync, group commit.
+"""The durable checkpoint: a snapshot plus an append-only journal, group-committed.
 
-Every lease change must be on disk before the CNI reply. Concurrent requests share one write:
-a caller whose change is already covered by a finished write returns at once; otherwise it
-writes the state as it is *now* (covering every change made so far) under the writer lock.
+Every lease change must be on disk before the CNI reply, and that must not cost more with
+5,000 leases than with 5. So a commit appends one journal line holding only the keys that
+changed since the last one (`NodeState.take_changes`) and fdatasyncs it; concurrent requests
+share that line and that sync (a caller whose change a finished write already covers returns
+at once). When the journal outgrows the snapshot, a compaction switches appends to a new
+journal and writes a new snapshot of the leases as they were at the switch, off the event loop
+and without holding commits up; the old journal goes once the snapshot is durable.
+
+Files, beside each other: `ipam.json` (the snapshot, `vpc-cni-ipam/1`, with the generation it
+covers) and `ipam.json.journal-<generation>`. Recovery reads the snapshot and replays, in order,
+every journal of its generation or later up to the first torn line. Whatever else sits at the
+snapshot's path (a directory, a FIFO, a dangling symlink, garbage) is moved aside with a clear
+message and the node rebuilds from what it still has.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
-from collections.abc import Callable
+import re
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+from agent.ipam import checkpoint
+from agent.ipam.state import IPAMKey, Lease
+
+log = logging.getLogger("vpcni.store")
+
+# A compaction starts once the journal is larger than this and larger than the last snapshot,
+# so its O(leases) cost is spread over at least as many bytes of O(change) appends.
+COMPACT_BYTES = 256 * 1024
 
 
 class StoreError(OSError):
     """The checkpoint could not be written; the change must be rolled back."""
 
 
+class LeaseSource(Protocol):
+    """What the store persists (NodeState)."""
+
+    def take_changes(self) -> list[tuple[IPAMKey, Lease | None]]: ...
+
+    def mark_changed(self, keys: Iterable[IPAMKey]) -> None: ...
+
+    def leases(self) -> Iterable[Lease]: ...
+
+
+@dataclass(slots=True, kw_only=True)
+class Recovered:
+    """What a checkpoint on disk holds, and what was wrong with it."""
+
+    leases: list[Lease] = field(default_factory=list)
+    unreadable: str | None = None  # why the snapshot could not be read at all
+    skipped: list[str] = field(default_factory=list)  # malformed entries, each dropped
+    torn: list[str] = field(default_factory=list)  # journals that ended in a torn line
+    generation: int = 0  # the highest generation seen (snapshot or journal)
+    moved_to: Path | None = None  # where recover() put an unreadable snapshot
+
+
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace `path` with `data` so a crash or a reader sees the old file or the new one,
     never a torn one: temp file in the same directory, fsync, rename, fsync of the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             os.fchmod(fd, mode)  # the umask may have narrowed the mode given to open()
             os.fsync(fd)
         finally:
@@ -38,31 +84,120 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):  # leave no half-written temp file behind
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync_dir(path.parent)
+
+
+def read(path: Path) -> Recovered:
+    """The leases the snapshot at `path` and its journals hold; changes nothing on disk."""
+    found = Recovered()
+    leases: dict[IPAMKey, Lease] = {}
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        data = _read_regular(path)
+    except _Unreadable as e:
+        found.unreadable, data = str(e), None
+    snapshot_generation = 0
+    if data is not None:
+        try:
+            snapshot = checkpoint.decode(data)
+        except checkpoint.CheckpointError as e:
+            found.unreadable = str(e)
+        else:
+            snapshot_generation = snapshot.generation
+            found.skipped.extend(snapshot.skipped)
+            leases.update((lease.key, lease) for lease in snapshot.leases)
+    found.generation = snapshot_generation
+    for generation, journal in journals(path):
+        found.generation = max(found.generation, generation)
+        if generation < snapshot_generation:
+            continue  # the snapshot already covers it (a compaction's leftover)
+        try:
+            body = _read_regular(journal)
+        except _Unreadable as e:
+            found.torn.append(f"{journal.name}: {e}")
+            continue
+        if body is None:
+            continue
+        replayed = checkpoint.replay(leases, body)
+        found.skipped.extend(f"{journal.name}: {s}" for s in replayed.skipped)
+        if replayed.torn is not None:
+            found.torn.append(f"{journal.name}: {replayed.torn}")
+    found.leases = list(leases.values())
+    return found
+
+
+def journals(path: Path) -> list[tuple[int, Path]]:
+    """The journals beside the snapshot at `path`, oldest generation first."""
+    pattern = re.compile(re.escape(path.name) + r"\.journal-([0-9]{1,18})")
+    try:
+        names = os.listdir(path.parent)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = [(int(m[1]), path.parent / name) for name in names if (m := pattern.fullmatch(name))]
+    return sorted(found)
 
 
 class CheckpointStore:
-    """Group-committed checkpoint of whatever `snapshot()` returns at write time."""
+    """Group-committed journal of what `source` changes, compacted into snapshots."""
 
-    def __init__(self, path: Path, snapshot: Callable[[], bytes]) -> None:
+    def __init__(
+        self, path: Path, source: LeaseSource, *, compact_bytes: int = COMPACT_BYTES
+    ) -> None:
         self.path = path
-        self._snapshot = snapshot
+        self._source = source
+        self.compact_bytes = compact_bytes
         self._lock = asyncio.Lock()
         self._requested = 0
         self._written = 0
+        self._generation: int | None = None  # of the journal appends go to
+        self._fd: int | None = None
+        self._broken = False  # the last append failed: the next one starts a new journal
+        self._journal_bytes = 0
+        self._snapshot_bytes = 0
+        self._compaction: asyncio.Task[None] | None = None
         self.writes = 0
         self.failures = 0
+        self.compactions = 0
 
-    def load(self) -> bytes | None:
-        """The last checkpoint, or None if there is none yet."""
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            return None
+    def recover(self) -> Recovered:
+        """Read the checkpoint (`read`), move an unreadable snapshot aside for a human and
+        remove temp files a crash left behind. StoreError if the path cannot be cleared."""
+        found = read(self.path)
+        self._generation = found.generation
+        self._remove_temp_files()
+        if found.unreadable is not None:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            try:
+                os.rename(self.path, aside)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise StoreError(
+                    f"checkpoint {self.path} is unreadable ({found.unreadable}) and cannot be "
+                    f"moved aside: {e.strerror or e}"
+                ) from e
+            else:
+                found.moved_to = aside
+        return found
+
+    async def open(self) -> None:
+        """Start a fresh generation: a snapshot of the leases now, an empty journal, older
+        journals gone. Every change so far is covered."""
+        self._source.take_changes()
+        await self.compact()
+
+    async def close(self) -> None:
+        """Write what is pending, leave one complete snapshot (what the VPC CNI's tooling
+        reads) and close the journal."""
+        with contextlib.suppress(StoreError):
+            await self.commit()
+        if self._compaction is not None:
+            await self._compaction
+        if not self._broken:
+            self._source.take_changes()
+        with contextlib.suppress(StoreError):
+            await self.compact()
+        async with self._lock:
+            self._close_fd()
 
     async def commit(self) -> None:
         """Return once the state as of this call is durable; StoreError if it is not."""
@@ -72,11 +207,169 @@ class CheckpointStore:
             if self._written >= ticket:
                 return
             covers = self._requested
-            data = self._snapshot()
-            try:
-                await asyncio.to_thread(write_atomic, self.path, data)
-            except OSError as e:
-                self.failures += 1
-                raise StoreError(f"checkpoint {self.path}: {e.strerror or e}") from e
-            self.writes += 1
+            changes = self._source.take_changes()
+            if changes:
+                record = checkpoint.encode_record(changes)
+                try:
+                    if self._fd is None or self._broken:
+                        await self._switch_journal()
+                    assert self._fd is not None
+                    await asyncio.to_thread(_append, self._fd, record)
+                except OSError as e:
+                    # Unwritten: the keys go back for the next commit, and appends move to a
+                    # fresh journal so nothing follows a line this failure may have torn.
+                    self._source.mark_changed(key for key, _ in changes)
+                    self._broken = True
+                    self.failures += 1
+                    raise StoreError(f"checkpoint {self.path}: {e.strerror or e}") from e
+                self.writes += 1
+                self._journal_bytes += len(record)
             self._written = covers
+        if (
+            self._journal_bytes > max(self.compact_bytes, self._snapshot_bytes)
+            and self._compaction is None
+        ):
+            self._compaction = asyncio.create_task(self._compact_in_background())
+
+    async def compact(self) -> None:
+        """Switch appends to a new journal and write a snapshot of the leases at the switch;
+        the journals before it are removed once the snapshot is durable."""
+        try:
+            async with self._lock:
+                leases = list(self._source.leases())  # frozen leases: a consistent copy
+                await self._switch_journal()
+                generation = self._generation
+            assert generation is not None
+            size = await asyncio.to_thread(self._write_snapshot, leases, generation)
+        except OSError as e:
+            self.failures += 1
+            raise StoreError(f"checkpoint {self.path}: {e.strerror or e}") from e
+        self._snapshot_bytes = size
+        self.compactions += 1
+
+    async def _compact_in_background(self) -> None:
+        try:
+            await self.compact()
+        except StoreError as e:  # the journals stay: nothing is lost, the next one retries
+            log.warning("checkpoint compaction failed", extra={"error": str(e)})
+        finally:
+            self._compaction = None
+
+    async def _switch_journal(self) -> None:
+        """Appends go to a new, empty journal of the next generation (under the lock)."""
+        if self._generation is None:
+            self._generation = max((g for g, _ in journals(self.path)), default=0)
+        generation = self._generation + 1
+        fd = await asyncio.to_thread(self._open_journal, generation)
+        self._close_fd()
+        self._fd, self._generation = fd, generation
+        self._broken = False
+        self._journal_bytes = 0
+
+    def _open_journal(self, generation: int) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        journal = self.path.with_name(f"{self.path.name}.journal-{generation}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(journal, flags, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            _fsync_dir(self.path.parent)  # the new name itself must survive a crash
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _write_snapshot(self, leases: list[Lease], generation: int) -> int:
+        data = checkpoint.encode(leases, generation=generation)
+        write_atomic(self.path, data)
+        for older, journal in journals(self.path):
+            if older < generation:
+                try:
+                    journal.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as e:  # not a file (recovery said so): harmless, it is older
+                    log.warning("old journal left in place", extra={"error": str(e)})
+        return len(data)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def _remove_temp_files(self) -> None:
+        prefix = _temp_name(self.path).name.rsplit("-", 1)[0] + "-"
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for name in os.listdir(self.path.parent):
+                if name.startswith(prefix):
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path.parent / name)
+
+
+class _Unreadable(Exception):
+    """Something that is not a readable regular file sits at a checkpoint path."""
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of the regular file at `path` (None: nothing there); never blocks on a FIFO."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise _Unreadable(e.strerror or str(e)) from None
+    if stat.S_ISLNK(info.st_mode) and not os.path.exists(path):
+        raise _Unreadable(f"a dangling symlink to {os.readlink(path)!r}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise _Unreadable(e.strerror or str(e)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _Unreadable(f"a {_kind(mode)}, not a file")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as e:
+        raise _Unreadable(e.strerror or str(e)) from None
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "directory",
+        stat.S_ISFIFO: "FIFO",
+        stat.S_ISSOCK: "socket",
+        stat.S_ISCHR: "character device",
+        stat.S_ISBLK: "block device",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "special file")
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _append(fd: int, record: bytes) -> None:
+    _write_all(fd, record)
+    os.fdatasync(fd)
+    if os.fstat(fd).st_nlink == 0:  # durable in a file nobody will ever read
+        raise OSError(errno.ENOENT, "the journal was removed")
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

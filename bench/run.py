@@ -1,72 +1,508 @@
-"""`make bench`: every benchmark, side by side with its peer, printed as a markdown report.
+"""`make bench` / `make bench QUICK=1`: every benchmark beside its peer, judged against the
+performance goals, written to docs/benchmarks.md and bench/results/summary.json
+(`python -m bench.run --render` writes the report again from the summary).
 
-Results belong in docs/benchmarks.md (with the date and the machine); ratios are vpcni / peer
-for times (lower is better) and peer / vpcni for rates, so > 1 always means vpcni is ahead
-only where the column says so.
+Each part runs on its own; one that fails (no root, no bcc, no plugin build) is reported as
+skipped with its reason and the others still run. QUICK runs fewer and shorter parts (about a
+minute on an idle 2-vCPU machine); its figures are noisier and the report says it was QUICK.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeGuard
 
-from bench import allocator, burst, cni, fleet, traffic
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARY = ROOT / "bench" / "results" / "summary.json"
+REPORT = ROOT / "docs" / "benchmarks.md"
 
 
-def main() -> None:
-    print(f"# vpcni benchmarks, {time.strftime('%Y-%m-%d')}, {platform.node()}, "
-          f"{os.cpu_count()} CPUs, kernel {platform.release()}\n")  # fmt: skip
-    print("## Allocator churn (ops/s, best of 5; ratio = vpcni / peer throughput)\n")
-    print("| scenario | ops | vpcni ops/s | peer ops/s | vpcni/peer |")
-    print("|---|---|---|---|---|")
-    for row in allocator.main():
-        print(
-            f"| {row['scenario']} | {row['ops']} | {row['vpcni_ops_s']} | {row['peer_ops_s']} "
-            f"| {row['ratio']} |"
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """One row of the goals table: what was asked, what was measured, met or not, and why."""
+
+    name: str
+    target: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+    cause: str = ""
+
+
+def _part(results: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
+    started = time.perf_counter()
+    print(f"bench: {name} ...", file=sys.stderr, flush=True)
+    try:
+        results[name] = fn()
+    except (Exception, SystemExit) as e:  # one part's failure must not lose the others
+        results[name] = {"skipped": f"{type(e).__name__}: {e}"}
+        traceback.print_exc()
+    results.setdefault("wall_s", {})[name] = round(time.perf_counter() - started, 1)
+
+
+def collect(quick: bool) -> dict[str, Any]:
+    """Run every part (QUICK: the short ones, shortened)."""
+    from bench import agent_load, allocator, fleet_sim, gc_pause, store
+
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "quick": quick,
+        "machine": {
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "load_before": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
+    root = os.geteuid() == 0
+    _part(results, "store", lambda: store.run(quick=quick))
+    _part(results, "agent_load", lambda: agent_load.run(quick=quick))
+    _part(results, "gc_pause", lambda: gc_pause.run(quick=quick))
+    _part(results, "fleet_sim", lambda: fleet_sim.main(quick=quick))
+    if root:
+        from bench import cni
+
+        modes = ("bpf",) if quick else ("bpf", "kernel")
+        pods, concurrent = (10, 20) if quick else (40, 100)
+        for mode in modes:
+            _part(results, f"cni_{mode}", _cni_part(cni.run, pods, mode, concurrent))
+    if not quick:
+        from bench import burst, fleet, traffic
+
+        _part(results, "allocator", allocator.main)
+        _part(results, "burst", burst.main)
+        _part(results, "fleet", fleet.main)
+        if root:
+            _part(results, "traffic", traffic.main)
+    results["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    return results
+
+
+def _cni_part(run: Callable[..., Any], pods: int, mode: str, concurrent: int) -> Callable[[], Any]:
+    return lambda: run(pods=pods, datapath=mode, concurrent=concurrent)
+
+
+# -- goals -------------------------------------------------------------------------------------
+
+
+def _ok(part: Any) -> TypeGuard[dict[str, Any]]:
+    return isinstance(part, dict) and "skipped" not in part
+
+
+def goals(r: dict[str, Any]) -> list[Goal]:
+    """Every goal of the performance issue, judged on this run's figures."""
+    out: list[Goal] = []
+    load = r["machine"]["load_before"][0]
+    bpf = r.get("cni_bpf")
+    kernel = r.get("cni_kernel")
+    cni = bpf if _ok(bpf) else kernel if _ok(kernel) else None
+    if cni is not None:
+        why = (
+            f"plugin start: VERSION {cni['vpcni_version_ms']} ms vs ptp's "
+            f"{cni['peer_version_ms']} ms; agent CPU {cni['agent_cpu_ms_per_pair']} ms per "
+            "ADD+DEL pair, most of it netlink wiring on the worker threads"
         )
-    b = burst.main()
-    print(f"\n## Pod-start burst: {b['pods']} pods at once on a fresh node, EC2 latency x1.0 "
-          "(seconds until each pod has its address; ratio = vpcni / peer)\n")  # fmt: skip
-    print("| | p50 s | p90 s | max s | ADDs sent |")
-    print("|---|---|---|---|---|")
-    for name in ("vpcni", "peer"):
-        r = b[name]
-        print(f"| {name} | {r['p50_s']} | {r['p90_s']} | {r['max_s']} | {r['adds_sent']} |")
-    print(f"| ratio | {b['p50_ratio']} | | {b['max_ratio']} | |")
-    f = fleet.main()
-    print(f"\n## Fleet scale-up: {f['nodes']} nodes x {f['pods_per_node']} pods, one throttled "
-          "account (ratio = vpcni / peer)\n")  # fmt: skip
-    print("| | all pods placed, s | mutating calls | throttled |")
-    print("|---|---|---|---|")
-    for name in ("vpcni", "peer"):
-        r = f[name]
-        print(f"| {name} | {r['all_pods_s']} | {r['mutating_calls']} | {r['throttled']} |")
-    print(f"| ratio | {f['time_ratio']} | {f['calls_ratio']} | |")
-    if os.geteuid() != 0:
-        print("\n(CNI latency and traffic need root: skipped)")
-        return
-    print("\n## CNI plugin latency (median ms; ratio = vpcni / ptp+host-local, lower is better)\n")
-    print("| datapath | pods | ADD vpcni | ADD peer | ratio | DEL vpcni | DEL peer | ratio "
-          "| VERSION vpcni | VERSION peer | ratio | STATUS vpcni |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append(Goal(
+            f"ADD p50, installed plugin → agent ({cni['datapath']})",
+            "≤ 2.0x ptp+host-local (≤ 1.0x wanted)",
+            f"{cni['vpcni_add_ms']} ms vs {cni['peer_add_ms']} ms: {cni['add_ratio']}x",
+            cni["add_ratio"] <= 2.0,
+            why,
+        ))  # fmt: skip
+        out.append(Goal(
+            f"DEL p50 ({cni['datapath']})",
+            "≤ 1.0x ptp",
+            f"{cni['vpcni_del_ms']} ms vs {cni['peer_del_ms']} ms: {cni['del_ratio']}x",
+            cni["del_ratio"] <= 1.0,
+            "the reply waits for the kernel's veth teardown, as ptp's does",
+        ))  # fmt: skip
+        if "makespan_ratio" in cni:
+            out.append(Goal(
+                f"{cni['concurrent']} concurrent ADDs, makespan ({cni['datapath']})",
+                "≤ 1.0x ptp",
+                f"{cni['vpcni_makespan_s']} s vs {cni['peer_makespan_s']} s: "
+                f"{cni['makespan_ratio']}x",
+                cni["makespan_ratio"] <= 1.0,
+                "ADDs share the agent's netlink worker threads and the GIL",
+            ))  # fmt: skip
+    else:
+        out.append(Goal("CNI latency vs ptp", "see the issue", "not measured", None,
+                        "needs root (network namespaces) and `make plugin`"))  # fmt: skip
+    load_run = r.get("agent_load")
+    disk = r.get("store", {}).get("fdatasync") if _ok(r.get("store")) else None
+    if _ok(load_run):
+        many = load_run["clients_32"]
+        disk_note = (
+            f"this disk's fdatasync alone: p50 {disk['p50_ms']} ms, p99 {disk['p99_ms']} ms "
+            "(bench.store, same run), and a durable reply waits for the one after its change"
+            if disk
+            else ""
+        )
+        out.append(Goal(
+            "durable ADD+DEL pairs/s, socket, 32 clients (`--datapath none`)",
+            "≥ 2,000 pairs/s at p99 ≤ 5 ms",
+            f"{many['pairs_s']} pairs/s, p50 {many['p50_ms']} ms, p99 {many['p99_ms']} ms",
+            many["pairs_s"] >= 2000 and many["p99_ms"] <= 5,
+            f"agent CPU {many['agent_cpu_ms_per_pair']} ms per pair (the client's "
+            f"{many['client_cpu_ms_per_pair']} ms) on 2 vCPUs at load average {load}; "
+            + disk_note,
+        ))  # fmt: skip
+        empty, full = load_run["client_1_leases_0"], load_run["client_1_leases_live"]
+        out.append(Goal(
+            f"1-client pairs/s at {load_run['live_leases']} live leases vs at 0",
+            "≥ 0.8x",
+            f"{full['pairs_s']} vs {empty['pairs_s']} pairs/s: {load_run['flat_ratio']}x; "
+            f"agent CPU {full['agent_cpu_ms_per_pair']} vs {empty['agent_cpu_ms_per_pair']} ms",
+            load_run["flat_ratio"] >= 0.8,
+            "per-request latency is the disk's fsync; the agent's CPU per pair is the measure "
+            "that does not depend on the machine's other work",
+        ))  # fmt: skip
+    st = r.get("store")
+    if _ok(st):
+        rows = {row["leases"]: row for row in st["rows"]}
+        out.append(Goal(
+            "checkpoint commit cost, 5 vs 5,000 leases",
+            "flat in the lease count",
+            f"journal {rows[5]['journal']['mean_ms']} → {rows[5000]['journal']['mean_ms']} ms "
+            f"mean ({st['journal_5000_over_5']}x, compactions included); full rewrite "
+            f"{rows[5]['rewrite']['mean_ms']} → {rows[5000]['rewrite']['mean_ms']} ms",
+            st["journal_5000_over_5"] <= 1.5,
+            "a commit appends the changed keys only; the snapshot is rewritten off the event "
+            "loop when the journal outgrows it",
+        ))  # fmt: skip
+    cpu_rows = [c for c in (bpf, kernel) if _ok(c)]
+    if cpu_rows:
+        out.append(Goal(
+            "agent CPU per ADD+DEL pair with wiring",
+            "≤ 8 ms",
+            ", ".join(f"{c['datapath']} {c['agent_cpu_ms_per_pair']} ms" for c in cpu_rows)
+            + (f", none {load_run['client_1_leases_0']['agent_cpu_ms_per_pair']} ms"
+               if _ok(load_run) else ""),
+            all(c["agent_cpu_ms_per_pair"] <= 8 for c in cpu_rows),
+            "netlink wiring through pyroute2 dominates (datapath/wiring.py)",
+        ))  # fmt: skip
+    if _ok(load_run):
+        emulator = round(load_run["rss_mib_loaded_sim"] - load_run["rss_mib_production"], 1)
+        parts = [f"none {load_run['rss_mib_production']} MiB (EC2 and IMDS in another process)"]
+        met = load_run["rss_mib_production"] <= 100
+        for c in cpu_rows:
+            own = round(c["agent_rss_mib"] - emulator, 1)
+            parts.append(f"{c['datapath']} {own} MiB ({c['agent_rss_mib']} with the emulator)")
+            met = met and own <= (150 if c["datapath"] == "bpf" else 100)
+        out.append(Goal(
+            "agent RSS",
+            "BPF ≤ 150 MiB (128 wanted), kernel and none ≤ 100 MiB",
+            "; ".join(parts),
+            met,
+            f"the embedded emulator costs {emulator} MiB (none mode, sim vs separate, same run) "
+            "and is subtracted from the datapath rows; boto3 + its EC2 model ~50 MiB",
+        ))  # fmt: skip
+    gcp = r.get("gc_pause")
+    if _ok(gcp):
+        frozen, default = gcp["frozen"]["2"], gcp["default"]["2"]
+        out.append(Goal(
+            "no collector stall over 20 ms",
+            "full collections ≤ 20 ms",
+            f"frozen start-up heap: {frozen['count']} full collections, longest "
+            f"{frozen['max_ms']} ms CPU; CPython's defaults: {default['count']}, longest "
+            f"{default['max_ms']} ms",
+            frozen["max_ms"] <= 20,
+            "gc.freeze() after start-up: full passes no longer walk boto3's model",
+        ))  # fmt: skip
+    sim = r.get("fleet_sim")
+    if _ok(sim):
+        ours = [row for row in sim["rows"] if row["additions"]]
+        prefix = [x for x in ours if x["policy"].startswith("prefix") and "fragmented" not in
+                  x["policy"]]  # fmt: skip
+        frag = [x for x in ours if "fragmented" in x["policy"]]
+        worst_calls = max(x["steady_mutating_per_100_starts"] for x in prefix)
+        out.append(Goal(
+            f"{sim['nodes']} nodes: mutating EC2 calls, prefix mode",
+            "≤ 1 per 16 pod starts (6.25 per 100)",
+            f"{worst_calls} per 100 starts at steady churn (worst prefix policy)",
+            worst_calls <= 6.25,
+            "warm prefixes absorb churn; calls come from the pool shrinking and growing",
+        ))  # fmt: skip
+        worst_wait = max(x["steady_wait_max_s"] for x in prefix)
+        out.append(Goal(
+            f"{sim['nodes']} nodes: no pod waits > 1 s for an IP at steady churn (prefix)",
+            "max ≤ 1 s",
+            f"max {worst_wait} s, p99 {max(x['steady_wait_p99_s'] for x in prefix)} s",
+            worst_wait <= 1.0,
+            "a burst larger than the warm prefix waits for one AssignPrivateIpAddresses "
+            "(0.3-1 s at EC2's latency), more if the account's bucket is empty",
+        ))  # fmt: skip
+        if frag:
+            out.append(Goal(
+                f"{sim['nodes']} nodes, fragmented subnets: no pod fails",
+                "0 pods with code 11",
+                f"{frag[0]['code11_pods']} of {frag[0]['pod_starts']} pods got code 11 "
+                f"({frag[0]['throttled']} throttled calls)",
+                frag[0]["code11_pods"] == 0,
+                "secondary IPs stand in for prefixes: an m5.large holds 27, too few for its "
+                "pods plus 30 s of cooling addresses under churn; a larger node's burst waits "
+                "for a new ENI (create + attach, 2-6 s at EC2's latency) past the 5 s ADD wait",
+            ))  # fmt: skip
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _mark(met: bool | None) -> str:
+    return {True: "**met**", False: "**missed**", None: "not measured"}[met]
+
+
+def render(r: dict[str, Any], judged: list[Goal]) -> str:
+    """docs/benchmarks.md."""
+    m = r["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (" + ("QUICK run: fewer, shorter parts" if r["quick"] else
+        "full run") + f") on {r['date']}: {m['cpus']} vCPU, kernel {m['kernel']}, Python "
+        f"{m['python']}, load average {m['load_before'][0]} before and {m['load_after'][0]} "
+        "after (other work shares this machine). Rerun with `make bench` (full, as root for "
+        "the CNI and traffic parts) or `make bench QUICK=1`; raw figures are in "
+        "`bench/results/summary.json`. Every figure sits beside a peer measured in the same "
+        "run, or says why it is an absolute.",
+        "",
+        "## Goals",
+        "",
+        "| goal | target | measured | | cause |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for g in judged:
+        lines.append(f"| {g.name} | {g.target} | {g.measured} | {_mark(g.met)} | {g.cause} |")
+    lines += ["", *_details(r), ""]
+    return "\n".join(lines)
+
+
+def _details(r: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    sim = r.get("fleet_sim")
+    if _ok(sim):
+        out += [
+            f"## {sim['nodes']} nodes in simulated time ({sim['virtual_s'] / 60:.0f} virtual "
+            f"minutes, {sim['wall_s']} s of wall time)",
+            "",
+            "`bench/fleet_sim.py`: the planner and `NodeState` of every node with the emulator's "
+            "EC2 model, token buckets (mutating: 200, refilled 5/s per account) and latencies "
+            "(scale 1.0) on a virtual clock; instance mix "
+            + ", ".join(f"{k} {v:.0%}" for k, v in sim["mix"].items())
+            + "; bursty churn of 1 pod/s/node over the fleet. *on*: vpcni's additions (ADD "
+            "waits for the pool, client-side limiter, fallback to secondary IPs); *off*: the "
+            "VPC CNI's behaviour (ADD fails with code 11, the runtime retries after 1 s, "
+            "doubling). Steady: after the first quarter (at most 15 min). Waits count from the "
+            "pod's first ADD, retries included. The issue asks for one virtual hour: "
+            "`VPCNI_FLEET_SIM_SECONDS=3600 make bench` runs it (3x the wall time; the default "
+            "keeps `make bench` within minutes on a shared 2-vCPU machine).",
+            "",
+            "| policy | additions | pod starts | mutating calls / 100 starts (steady) | "
+            "throttled | IP wait p50 / p99 / max s (steady max) | pods with code 11 | idle IPs "
+            "/ node | ENIs / node |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for x in sim["rows"]:
+            out.append(
+                f"| {x['policy']} | {'on' if x['additions'] else 'off'} | {x['pod_starts']} | "
+                f"{x['mutating_per_100_starts']} ({x['steady_mutating_per_100_starts']}) | "
+                f"{x['throttled']} | {x['wait_p50_s']} / {x['wait_p99_s']} / {x['wait_max_s']} "
+                f"({x['steady_wait_max_s']}) | {x['code11_pods']} | {x['idle_ips_per_node']} | "
+                f"{x['enis_per_node']} |"
+            )
+        out.append("")
+    st = r.get("store")
+    if _ok(st):
+        out += [
+            f"## Checkpoint commits ({st['rows'][0]['journal']['commits']} journal commits, "
+            f"{st['commits']} rewrites per row)",
+            "",
+            "`bench/store.py`: one lease released and one allocated, then made durable. vpcni "
+            "appends the changed keys to its journal; the peer rewrites every lease (what each "
+            "commit did before, and what the VPC CNI does). ms.",
+            "",
+            "| leases | journal p50 | p99 | mean | compactions | rewrite p50 | p99 | mean | "
+            "journal / rewrite (mean) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in st["rows"]:
+            j, w = row["journal"], row["rewrite"]
+            out.append(
+                f"| {row['leases']} | {j['p50_ms']} | {j['p99_ms']} | {j['mean_ms']} | "
+                f"{j['compactions']} | {w['p50_ms']} | {w['p99_ms']} | {w['mean_ms']} | "
+                f"{row['mean_ratio']} |"
+            )
+        d = st["fdatasync"]
+        out += [
+            "",
+            f"The disk's own fdatasync of one line: p50 {d['p50_ms']} ms, p99 {d['p99_ms']} ms.",
+            "",
+        ]
+    lo = r.get("agent_load")
+    if _ok(lo):
+        out += [
+            "## The agent's socket (`--datapath none`)",
+            "",
+            "`bench/agent_load.py`: ADD+DEL pairs through the Unix socket, a fresh connection "
+            "per request as the plugin makes, every reply after its fsync.",
+            "",
+            "| run | pairs/s | p50 ms | p99 ms | max ms | agent CPU ms/pair | client CPU ms/pair |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, key in (
+            ("32 clients", "clients_32"),
+            ("1 client, 0 live leases", "client_1_leases_0"),
+            (f"1 client, {lo['live_leases']} live leases", "client_1_leases_live"),
+        ):
+            x = lo[key]
+            out.append(
+                f"| {label} | {x['pairs_s']} | {x['p50_ms']} | {x['p99_ms']} | {x['max_ms']} | "
+                f"{x['agent_cpu_ms_per_pair']} | {x['client_cpu_ms_per_pair']} |"
+            )
+        out += [
+            "",
+            f"Agent RSS: {lo['rss_mib_production']} MiB with EC2/IMDS in another process (as "
+            f"on a node), {lo['rss_mib_loaded_sim']} MiB with the emulator inside "
+            f"(`--cloud sim`), {lo['rss_mib_idle_sim']} MiB of that before any pod.",
+            "",
+        ]
     for mode in ("bpf", "kernel"):
-        r = cni.run(datapath=mode)
-        print(
-            f"| {r['datapath']} | {r['pods']} | {r['vpcni_add_ms']} | {r['peer_add_ms']} "
-            f"| {r['add_ratio']} | {r['vpcni_del_ms']} | {r['peer_del_ms']} | {r['del_ratio']} "
-            f"| {r['vpcni_version_ms']} | {r['peer_version_ms']} | {r['version_ratio']} "
-            f"| {r['vpcni_status_ms']} |"
-        )
-    rows = traffic.main()
-    if rows:
-        base = next(r for r in rows if r["datapath"] == "kernel")
-        print("\n## Pod-to-pod traffic (median of 3; ratio = throughput / kernel routing)\n")
-        print("| datapath | TCP Gbit/s | ratio | ping RTT µs |")
-        print("|---|---|---|---|")
-        for r in rows:
-            ratio = r["gbit_s"] / base["gbit_s"]
-            print(f"| {r['datapath']} | {r['gbit_s']} | {ratio:.2f} | {r['ping_rtt_us']} |")
+        c = r.get(f"cni_{mode}")
+        if not _ok(c):
+            continue
+        out += [
+            f"## CNI plugin latency, {mode} ({c['pods']} pods; ms; ratio = vpcni / peer)",
+            "",
+            "`bench/cni.py`: the installed plugin → agent (`--cloud sim --host-netns`) vs "
+            "Debian's ptp + host-local, alternating; the peer's nsenter overhead "
+            f"({c['nsenter_ms']} ms: `nsenter true` less `true`) subtracted.",
+            "",
+            "| | vpcni | peer | ratio |",
+            "|---|---|---|---|",
+            f"| ADD p50 | {c['vpcni_add_ms']} | {c['peer_add_ms']} | {c['add_ratio']} |",
+            f"| DEL p50 | {c['vpcni_del_ms']} | {c['peer_del_ms']} | {c['del_ratio']} |",
+            f"| VERSION p50 | {c['vpcni_version_ms']} | {c['peer_version_ms']} | "
+            f"{c['version_ratio']} |",
+            f"| STATUS p50 (plugin → agent → plugin, no pod work) | {c['vpcni_status_ms']} | | |",
+        ]
+        if "makespan_ratio" in c:
+            out.append(
+                f"| {c['concurrent']} ADDs at once, makespan s | {c['vpcni_makespan_s']} | "
+                f"{c['peer_makespan_s']} | {c['makespan_ratio']} |"
+            )
+        out += [
+            "",
+            f"Agent CPU per ADD+DEL pair {c['agent_cpu_ms_per_pair']} ms; agent RSS after the "
+            f"pods {c['agent_rss_mib']} MiB (emulator included).",
+            "",
+        ]
+    gcp = r.get("gc_pause")
+    if _ok(gcp):
+        out += [
+            f"## Collector pauses ({gcp['pairs']} ADD+DEL pairs; CPU ms)",
+            "",
+            "`bench/gc_pause.py`: an agent-sized heap churned with request-like garbage, each "
+            "collection timed.",
+            "",
+            "| | gen 0 n / max | gen 1 n / max | gen 2 n / max |",
+            "|---|---|---|---|",
+        ]
+        for label in ("frozen", "default"):
+            g = gcp[label]
+            out.append(
+                f"| {label} | "
+                + " | ".join(f"{g[k]['count']} / {g[k]['max_ms']}" for k in ("0", "1", "2"))
+                + " |"
+            )
+        out.append("")
+    out += _earlier(r)
+    skipped = {k: v["skipped"] for k, v in r.items() if isinstance(v, dict) and "skipped" in v}
+    if skipped:
+        out += ["## Skipped in this run", ""]
+        out += [f"- {k}: {v}" for k, v in skipped.items()]
+        out.append("")
+    out += [
+        "Wall time per part (s): "
+        + ", ".join(f"{k} {v}" for k, v in r.get("wall_s", {}).items())
+        + ".",
+    ]
+    return out
+
+
+def _earlier(r: dict[str, Any]) -> list[str]:
+    """The benchmarks from before the performance issue (full runs only)."""
+    out: list[str] = []
+    if _ok(r.get("allocator")):
+        out += ["## Allocator churn (ops/s, best of 5)", "",
+                "| scenario | ops | vpcni ops/s | peer ops/s | vpcni / peer |",
+                "|---|---|---|---|---|"]  # fmt: skip
+        for row in r["allocator"]:
+            out.append(
+                f"| {row['scenario']} | {row['ops']} | {row['vpcni_ops_s']} | "
+                f"{row['peer_ops_s']} | {row['ratio']} |"
+            )
+        out.append("")
+    b = r.get("burst")
+    if _ok(b):
+        out += [f"## Pod-start burst: {b['pods']} pods at once on a fresh node (s)", "",
+                "| | p50 | p90 | max | ADDs sent |", "|---|---|---|---|---|"]  # fmt: skip
+        for name in ("vpcni", "peer"):
+            x = b[name]
+            out.append(f"| {name} | {x['p50_s']} | {x['p90_s']} | {x['max_s']} | "
+                       f"{x['adds_sent']} |")  # fmt: skip
+        out += [f"| ratio | {b['p50_ratio']} | | {b['max_ratio']} | |", ""]
+    f = r.get("fleet")
+    if _ok(f):
+        out += [
+            f"## Fleet scale-up, real nodes: {f['nodes']} x {f['pods_per_node']} pods, one "
+            "throttled account",
+            "",
+            "| | all pods placed s | mutating calls | throttled |",
+            "|---|---|---|---|",
+        ]
+        for name in ("vpcni", "peer"):
+            x = f[name]
+            out.append(f"| {name} | {x['all_pods_s']} | {x['mutating_calls']} | "
+                       f"{x['throttled']} |")  # fmt: skip
+        out += [f"| ratio | {f['time_ratio']} | {f['calls_ratio']} | |", ""]
+    t = r.get("traffic")
+    if isinstance(t, list) and t:
+        base = next((x for x in t if x["datapath"] == "kernel"), t[0])
+        out += ["## Pod-to-pod traffic (median of 3)", "",
+                "| datapath | TCP Gbit/s | ratio to kernel routing | ping RTT µs |",
+                "|---|---|---|---|"]  # fmt: skip
+        for x in t:
+            out.append(f"| {x['datapath']} | {x['gbit_s']} | "
+                       f"{x['gbit_s'] / base['gbit_s']:.2f} | {x['ping_rtt_us']} |")  # fmt: skip
+        out.append("")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run, judge, write the report and the summary."""
+    args = sys.argv[1:] if argv is None else argv
+    quick = "--quick" in args or os.environ.get("QUICK", "") not in ("", "0")
+    if "--render" in args:  # the report again from the last summary, nothing rerun
+        results = json.loads(SUMMARY.read_text())
+        results.pop("goals", None)
+    else:
+        results = collect(quick)
+    judged = goals(results)
+    results["goals"] = [asdict(g) for g in judged]
+    SUMMARY.parent.mkdir(parents=True, exist_ok=True)
+    SUMMARY.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    report = render(results, judged)
+    REPORT.write_text(report)
+    print(report)
 
 
 if __name__ == "__main__":

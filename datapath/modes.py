@@ -11,22 +11,29 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from ipaddress import IPv4Network
+from errno import EEXIST
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
 
-from datapath.bpf import Counters, Endpoint, Eni, Programs
-from datapath.port import DatapathError, EniLink, PodNetwork, WiredPod
+from datapath import rtnl
+from datapath.bpf import TC_HANDLE, TC_INGRESS, TC_PRIO, Counters, Endpoint, Eni, Programs
+from datapath.port import DatapathError, EniLink, PodNetwork, WiredAddress, WiredPod
 from datapath.wiring import (
     EniDevice,
     Wiring,
     add_pod_rules,
     host_veth_name,
+    legacy_host_veth_name,
     link_exists,
     netlink,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_CREATE = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL
+_AF_INET = 2
+_MAIN_TABLE = 254
+_SCOPE_LINK = 253
 # How long add_eni waits for a just-attached ENI's interface to show up (EC2 says "attached"
 # before the node's kernel has the device).
 ENI_WAIT = 10.0
@@ -101,15 +108,45 @@ class _NodeDatapath:
     def _check(self, pod: PodNetwork) -> list[str]:
         return self._wiring.check_pod(pod)
 
+    async def present(self, pods: Sequence[PodNetwork]) -> list[bool]:
+        """Per attachment: does a host veth of it still exist (or is one being deleted)?"""
+        return await self._run(self._wiring.present, pods)
+
+    async def wired_addresses(self) -> list[WiredAddress]:
+        """Pod addresses from the host netns's /32 link routes onto veths (both modes make
+        one per pod)."""
+        return await self._run(self._wired_addresses)
+
+    def _wired_addresses(self) -> list[WiredAddress]:
+        with netlink(self.host_netns) as ipr:
+            veths = {
+                int(link["index"]): str(link.get("IFLA_IFNAME"))
+                for link in ipr.get_links()
+                if (info := link.get("IFLA_LINKINFO")) and info.get("IFLA_INFO_KIND") == "veth"
+            }
+            found = []
+            for route in ipr.get_routes(family=_AF_INET, table=_MAIN_TABLE):
+                oif = route.get("RTA_OIF")
+                if route["dst_len"] == 32 and route["scope"] == _SCOPE_LINK and oif in veths:
+                    found.append(
+                        WiredAddress(ip=IPv4Address(route.get("RTA_DST")), host_veth=veths[oif])
+                    )
+        return found
+
     def _eni_status(self) -> dict[str, Any]:
         return {
             eni_id: {"ifindex": d.ifindex, "ifname": d.ifname, "gateway": str(d.gateway)}
             for eni_id, d in list(self._enis.items())  # workers may add one meanwhile
         }
 
+    async def settle(self) -> None:
+        """Wait until the veths unwired so far are deleted."""
+        await asyncio.to_thread(self._wiring.settle)
+
     async def close(self) -> None:
-        """Stop the worker threads; pod networking stays in place."""
+        """Stop the worker threads (after pending veth deletions); pods stay wired."""
         self._pool.shutdown(wait=True)
+        await asyncio.to_thread(self._wiring.close)
 
 
 class KernelDatapath(_NodeDatapath):
@@ -151,6 +188,7 @@ class KernelDatapath(_NodeDatapath):
             "fallback_reason": self.fallback_reason,
             "enis": self._eni_status(),
             "programs": {},
+            "veths_being_deleted": self._wiring.reaping(),
         }
 
 
@@ -237,7 +275,7 @@ class BpfDatapath(_NodeDatapath):
     def _wire(self, pod: PodNetwork) -> WiredPod:
         eni_ifindex = self._eni_device(pod.eni).ifindex
 
-        def finish(ipr: Any, host_ifindex: int, wired: WiredPod) -> None:
+        def finish(batch: rtnl.Batch, host_ifindex: int, wired: WiredPod) -> None:
             self.programs.delete_counters(host_ifindex)  # a reused ifindex starts from zero
             endpoint = Endpoint(
                 host_ifindex=host_ifindex,
@@ -246,7 +284,23 @@ class BpfDatapath(_NodeDatapath):
                 host_mac=wired.host_mac,
             )
             self.programs.put_endpoint(pod.ip, endpoint)
-            self.programs.attach(ipr, host_ifindex, "from_pod")
+            # What Programs.attach does, as two requests of the pod's last batch.
+            batch.add(
+                "clsact", rtnl.RTM_NEWQDISC, _CREATE, rtnl.clsact(host_ifindex), ignore=(EEXIST,)
+            )
+            batch.add(
+                "from_pod filter",
+                rtnl.RTM_NEWTFILTER,
+                rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,
+                rtnl.bpf_filter(
+                    host_ifindex,
+                    parent=int(TC_INGRESS.replace(":", ""), 16),
+                    handle=TC_HANDLE,
+                    prio=TC_PRIO,
+                    fd=self.programs.prog_fd("from_pod"),
+                    name="from_pod",
+                ),
+            )
 
         try:
             wired = self._wiring.wire_pod(pod, strict_rp_filter=False, finish=finish)
@@ -256,16 +310,26 @@ class BpfDatapath(_NodeDatapath):
         self._attached[wired.host_veth] = "from_pod"
         return wired
 
-    def _forget_endpoint(self, pod: PodNetwork) -> None:
+    def _wired_addresses(self) -> list[WiredAddress]:
+        # The pinned endpoint map outlives the agent and names each pod's host veth by index.
+        found = {w.ip: w for w in super()._wired_addresses()}
         with netlink(self.host_netns) as ipr:
-            self._cleanup(pod, ipr, None)
+            for ip, ep in self.programs.endpoints().items():
+                if ip not in found and link_exists(ipr, ep.host_ifindex):
+                    name = ipr.link("get", index=ep.host_ifindex)[0].get("IFLA_IFNAME")
+                    found[ip] = WiredAddress(ip=ip, host_veth=str(name))
+        return list(found.values())
 
-    def _cleanup(self, pod: PodNetwork, ipr: Any, host_ifindex: int | None) -> None:
+    def _forget_endpoint(self, pod: PodNetwork) -> None:
+        self._cleanup(pod, None)
+
+    def _cleanup(self, pod: PodNetwork, host_ifindex: int | None) -> None:
         # The entry is ours if it points at our veth or at none that exists: never remove the
-        # entry of another pod that got the address since.
+        # entry (or counters) of another attempt of the pod, or of a pod with the address since.
         ep = self.programs.endpoint(pod.ip)
         if ep is not None and (
-            ep.host_ifindex == host_ifindex or not link_exists(ipr, ep.host_ifindex)
+            ep.host_ifindex == host_ifindex
+            or not link_exists(self._wiring.host_ipr(), ep.host_ifindex)
         ):
             self.programs.delete_endpoint(pod.ip)
         if host_ifindex is not None:
@@ -276,20 +340,21 @@ class BpfDatapath(_NodeDatapath):
         await self._run(self._unwire, pod)
 
     def _unwire(self, pod: PodNetwork) -> None:
-        def cleanup(ipr: Any, host_ifindex: int | None) -> None:
-            self._cleanup(pod, ipr, host_ifindex)
+        def cleanup(host_ifindex: int | None) -> None:
+            self._cleanup(pod, host_ifindex)
+            if host_ifindex is not None:
+                self._attached.pop(host_veth_name(pod), None)
+                self._attached.pop(legacy_host_veth_name(pod), None)
 
         self._wiring.unwire_pod(pod, cleanup=cleanup)
-        self._attached.pop(host_veth_name(pod.veth_prefix, pod.pod_namespace, pod.pod_name), None)
 
     def _check(self, pod: PodNetwork) -> list[str]:
         problems = super()._check(pod)
         ep = self.programs.endpoint(pod.ip)
         if ep is None:
             return [*problems, f"no endpoint entry for {pod.ip}"]
-        with netlink(self.host_netns) as ipr:
-            if self.programs.attached(ipr, ep.host_ifindex) != "from_pod":
-                problems.append(f"from_pod is not attached to ifindex {ep.host_ifindex}")
+        if self.programs.attached(self._wiring.host_ipr(), ep.host_ifindex) != "from_pod":
+            problems.append(f"from_pod is not attached to ifindex {ep.host_ifindex}")
         return problems
 
     def status(self) -> Mapping[str, Any]:
@@ -312,6 +377,7 @@ class BpfDatapath(_NodeDatapath):
             "vpc_cidrs": [str(c) for c in self.programs.vpc_cidrs()],
             "programs": dict(sorted(self._attached.items())),
             "enis": self._eni_status(),
+            "veths_being_deleted": self._wiring.reaping(),
             "pods": pods,
             "maps": {
                 "endpoints": len(endpoints),

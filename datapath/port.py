@@ -7,6 +7,7 @@ network side lives in another netns (`--host-netns`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -30,8 +31,9 @@ class PodNetwork:
     """Everything needed to wire (or check, or unwire) one pod attachment."""
 
     container_id: str
-    netns: str  # path of the pod's netns
+    netns: str  # path of the pod's netns, as the runtime gave it ("" on DEL/GC: not needed)
     ifname: str  # interface name inside the pod
+    network_name: str = ""  # with container_id and ifname: the attachment's key
     pod_namespace: str
     pod_name: str
     ip: IPv4Address
@@ -50,12 +52,28 @@ class WiredPod:
     pod_ifindex: int
 
 
-class DatapathError(Exception):
-    """Wiring failed; `missing_netns` tells the API to answer with a clear 4xx."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WiredAddress:
+    """A pod address the node still routes to a host veth: what survives a lost checkpoint."""
 
-    def __init__(self, message: str, *, missing_netns: bool = False) -> None:
+    ip: IPv4Address
+    host_veth: str
+
+
+class DatapathError(Exception):
+    """Wiring failed. `missing_netns` (the pod's netns is gone) and `refused` (the netns is not
+    a pod's, or the kernel will not take the ifName) are the caller's doing: the API answers
+    both with a clear 4xx and CNI code 4, having changed nothing."""
+
+    def __init__(self, message: str, *, missing_netns: bool = False, refused: bool = False) -> None:
         super().__init__(message)
         self.missing_netns = missing_netns
+        self.refused = refused
+
+    @property
+    def caller_error(self) -> bool:
+        """Is this the request's fault rather than the node's?"""
+        return self.missing_netns or self.refused
 
 
 class Datapath(Protocol):
@@ -79,6 +97,19 @@ class Datapath(Protocol):
 
     async def check(self, pod: PodNetwork) -> list[str]:
         """Problems with the pod's wiring; empty when all is as `wire` left it."""
+        ...
+
+    async def present(self, pods: Sequence[PodNetwork]) -> list[bool]:
+        """Per attachment: may it still be in use (a host veth of it exists)? True when the
+        mode cannot tell, so that nothing is released on a guess."""
+        ...
+
+    async def settle(self) -> None:
+        """Wait until the veths unwired so far are deleted (they go in the background)."""
+
+    async def wired_addresses(self) -> list[WiredAddress]:
+        """Pod addresses wired on the node now, found without the checkpoint (may be called
+        before `start`)."""
         ...
 
     def status(self) -> Mapping[str, Any]:
@@ -105,12 +136,30 @@ class NoDatapath:
         return None
 
     async def wire(self, pod: PodNetwork) -> WiredPod:
+        """Nothing to wire; a netns that exists must still be a pod's, as in the other modes
+        (a missing one is fine: this mode never enters it)."""
+        from datapath.netns import node_netns, open_pod_netns
+
+        try:
+            os.close(open_pod_netns(pod.netns, node_netns()))
+        except DatapathError as e:
+            if not e.missing_netns:
+                raise
         return WiredPod(host_veth="", host_mac="", pod_mac="", pod_ifindex=0)
 
     async def unwire(self, pod: PodNetwork) -> None:
         return None
 
     async def check(self, pod: PodNetwork) -> list[str]:
+        return []
+
+    async def present(self, pods: Sequence[PodNetwork]) -> list[bool]:
+        return [True] * len(pods)  # nothing is wired, so nothing proves a pod gone
+
+    async def settle(self) -> None:
+        return None
+
+    async def wired_addresses(self) -> list[WiredAddress]:
         return []
 
     def status(self) -> Mapping[str, Any]:

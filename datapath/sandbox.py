@@ -24,8 +24,9 @@ from typing import Any
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from datapath import rtnl
 from datapath.bpf import pin_dir
-from datapath.port import EniLink
+from datapath.port import DatapathError, EniLink
 from datapath.wiring import entered, netlink, netns_path, subnet_gateway
 
 DEFAULT_REMOTE_HOST = IPv4Address("10.255.255.254")
@@ -147,22 +148,59 @@ class Sandbox:
                     _quiet(ipr.link, "del", index=link["index"])
 
     def route_pod(self, ip: IPv4Address, eni: EniLink) -> None:
-        """Make the VPC deliver traffic for `ip` to the ENI that owns it."""
-        with netlink(self.vpc_netns) as vpc:
-            found = vpc.link_lookup(ifname=router_ifname(eni.device_number))
+        """Make the VPC deliver traffic for `ip` to the ENI that owns it (runs per pod ADD in
+        --cloud sim: two netlink batches on a raw socket, no pyroute2)."""
+        sock = self._vpc_socket()
+        try:
+            batch = sock.batch()
+            name = router_ifname(eni.device_number)
+            get = batch.add(name, rtnl.RTM_GETLINK, 0, rtnl.link_by_name(name), ignore=rtnl.GONE)
+            found = batch.run()[get]
             if not found:
                 raise SandboxError(f"ENI {eni.eni_id} is not attached to {self.name}")
-            _route_to(vpc, ip, found[0], eni.mac)
+            index = rtnl.parse_link(found[0]).index
+            batch = sock.batch()
+            upsert = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
+            batch.add("pod route", rtnl.RTM_NEWROUTE, upsert, rtnl.route(ip, oif=index))
+            batch.add(
+                "pod neighbour", rtnl.RTM_NEWNEIGH, upsert, rtnl.neighbour(index, ip, eni.mac)
+            )
+            batch.run()
+        finally:
+            sock.close()
 
     def unroute_pod(self, ip: IPv4Address) -> None:
         """Forget where `ip` lives; fine if the VPC never knew."""
         if not os.path.exists(netns_path(self.vpc_netns)):
             return
-        with netlink(self.vpc_netns) as vpc:
-            _quiet(vpc.route, "del", dst=f"{ip}/32")
-            for neigh in vpc.neigh("dump"):
-                if neigh.get("NDA_DST") == str(ip):
-                    _quiet(vpc.neigh, "del", dst=str(ip), ifindex=neigh["ifindex"])
+        sock = self._vpc_socket()
+        try:
+            batch = sock.batch()
+            unreachable = (*rtnl.GONE, errno.ENETUNREACH, errno.EHOSTUNREACH)
+            way = batch.add(
+                "pod route", rtnl.RTM_GETROUTE, 0, rtnl.route_lookup(ip), ignore=unreachable
+            )
+            found = batch.run()[way]
+            index = rtnl.route_oif(found[0]) if found else None
+            if index is None:
+                return
+            batch = sock.batch()
+            batch.add(
+                "pod route", rtnl.RTM_DELROUTE, 0, rtnl.route(ip, oif=index), ignore=rtnl.GONE
+            )
+            batch.add(
+                "pod neighbour", rtnl.RTM_DELNEIGH, 0, rtnl.neighbour(index, ip), ignore=rtnl.GONE
+            )
+            batch.run()
+        finally:
+            sock.close()
+
+    def _vpc_socket(self) -> rtnl.Rtnl:
+        try:
+            with entered(self.vpc_netns):
+                return rtnl.Rtnl()
+        except DatapathError as e:
+            raise SandboxError(f"sandbox {self.name} is not up") from e
 
     def _require_up(self) -> None:
         if not (self.exists() and os.path.exists(netns_path(self.vpc_netns))):

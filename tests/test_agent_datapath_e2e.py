@@ -109,6 +109,10 @@ def test_pods_ping_and_survive_an_agent_restart(
 
     for netns in (first, second):
         assert cni("DEL", netns, netns=f"/var/run/netns/{netns}")[0] == 0
+    # DEL answers once the pod is unreachable; the veths go in the background, soon after.
+    deadline = time.monotonic() + 10
+    while agent.get("/v1/datapath")["veths_being_deleted"] and time.monotonic() < deadline:
+        time.sleep(0.02)
     links = netns_exec(NODE, "ip", "-o", "link").stdout.splitlines()
     names = [line.split(":")[1].strip().split("@")[0] for line in links]
     assert not [name for name in names if name.startswith("eni")], names

@@ -110,7 +110,7 @@ def test_restart_restores_every_assignment(plugin: Path, start_agent: Any, sock_
     enis_before = agent.get("/v1/enis?format=vpcni")
 
     assert agent.stop() == 0  # SIGTERM: clean exit
-    saved = checkpoint.decode((sock_dir / "ipam.json").read_bytes())
+    saved = checkpoint.decode((sock_dir / "ipam.json").read_bytes()).leases
     assert sorted(str(lease.ip) for lease in saved) == sorted(p["ip"] for p in before)
 
     again = start_agent()
@@ -159,7 +159,7 @@ def test_sigterm_finishes_an_add_in_flight(plugin: Path, start_agent: Any, sock_
         rc, result = adding.result(timeout=30)
 
     assert rc == 0, result
-    saved = checkpoint.decode((sock_dir / "ipam.json").read_bytes())
+    saved = checkpoint.decode((sock_dir / "ipam.json").read_bytes()).leases
     assert [(lease.key.container_id, str(lease.ip)) for lease in saved] == [
         ("inflight", address(result))
     ]

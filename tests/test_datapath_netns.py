@@ -192,7 +192,8 @@ def residue(netns: str) -> dict[str, list[str]]:
         return sorted(out.stdout.splitlines())
 
     return {
-        "links": ip("-br", "link"),
+        # Name and MAC only: a link's operstate settles up to a second after wiring (linkwatch).
+        "links": sorted(" ".join(line.split()[::2][:2]) for line in ip("-br", "link")),
         "routes": ip("-4", "route", "show", "table", "all"),
         "rules": ip("-4", "rule"),
         "neighbours": [n for n in ip("-4", "neigh") if "PERMANENT" in n],
@@ -261,6 +262,7 @@ async def test_unwire_is_total_over_200_cycles(datapath: Datapath, node: Node) -
         await datapath.wire(pod)
         await datapath.unwire(pod)
     await datapath.unwire(pod)  # again: nothing there is fine
+    await datapath.settle()
     assert changes(host_before, residue(node.box.name)) == {}
     assert changes(pod_before, residue(pod.netns)) == {}
     if datapath.mode == "bpf":
@@ -595,3 +597,23 @@ async def test_node_port_without_snat_reaches_a_local_pod(datapath: Datapath, no
         assert exchange(node.box.vpc_netns, "tcp", server.ip, 8080, source=remote)[1] == "tcp:hi"
     if isinstance(datapath, BpfDatapath):
         assert datapath.status()["pods"][str(server.ip)]["kernel_path"] >= 3
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_wired_addresses_are_found_without_the_checkpoint(
+    datapath: Datapath, node: Node, restart: bool
+) -> None:
+    pods = [node.pod("wa", "10.0.0.51"), node.pod("wb", "10.0.0.52", ENI1)]
+    for pod in pods:
+        await wire(datapath, node, pod)
+    if restart:  # a new agent, before start: what a lost checkpoint is rebuilt from
+        datapath = await make_datapath(datapath.mode, host_netns=node.box.name, vpc_cidrs=VPC_CIDRS)
+    try:
+        found = await datapath.wired_addresses()
+        assert sorted(w.ip for w in found) == [pod.ip for pod in pods]
+        assert all(w.host_veth.startswith("eni") for w in found)
+        await datapath.unwire(pods[0])
+        assert [w.ip for w in await datapath.wired_addresses()] == [pods[1].ip]
+    finally:
+        if restart:
+            await datapath.close()

@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from datapath import bpf
+from datapath import bpf, rtnl
 from datapath.factory import make_datapath
+from datapath.netns import netns_alive, node_netns, open_pod_netns
 from datapath.port import DatapathError, EniLink, PodNetwork
-from datapath.wiring import Wiring, eni_route_table, host_veth_name, netns_path, subnet_gateway
+from datapath.wiring import (
+    Wiring,
+    eni_route_table,
+    host_veth_name,
+    legacy_host_veth_name,
+    netns_path,
+    owner_alias,
+    subnet_gateway,
+)
 
 HEADER = re.sub(r"/\*.*?\*/", "", (bpf.SOURCE_DIR / "vpcni.h").read_text(), flags=re.S)
 ENI = EniLink(
@@ -26,10 +35,37 @@ ENI = EniLink(
 )
 
 
-def test_host_veth_name_is_the_vpc_cnis() -> None:
+def attempt(container_id: str, **overrides: object) -> PodNetwork:
+    """One attempt (sandbox) of the pod default/nginx-7d9b."""
+    fields_: dict[str, object] = {
+        "container_id": container_id,
+        "netns": "",
+        "ifname": "eth0",
+        "network_name": "vpcni",
+        "pod_namespace": "default",
+        "pod_name": "nginx-7d9b",
+        "ip": IPv4Address("10.0.4.20"),
+        "eni": ENI,
+        **overrides,
+    }
+    return PodNetwork(**fields_)  # type: ignore[arg-type]
+
+
+def test_host_veth_names_differ_per_attempt_and_fit_ifnamsiz() -> None:
+    first, second = attempt("c0"), attempt("c1")
+    assert host_veth_name(first) != host_veth_name(second)
+    assert owner_alias(first) != owner_alias(second)
+    assert host_veth_name(first) == host_veth_name(attempt("c0"))  # stable across restarts
+    assert host_veth_name(first) != host_veth_name(attempt("c0", ifname="eth1"))
+    assert host_veth_name(first) != host_veth_name(attempt("c0", network_name="other"))
+    assert len(host_veth_name(attempt("c" * 128, veth_prefix="abcd"))) == 15  # < IFNAMSIZ
+    assert owner_alias(first).endswith(hashlib.sha256(b"vpcni\0c0\0eth0").hexdigest())
+
+
+def test_legacy_host_veth_name_is_the_vpc_cnis() -> None:
     digest = hashlib.sha1(b"default.nginx-7d9b").hexdigest()
-    assert host_veth_name("eni", "default", "nginx-7d9b") == "eni" + digest[:11]
-    assert len(host_veth_name("eni", "kube-system", "a" * 200)) == 14  # < IFNAMSIZ
+    assert legacy_host_veth_name(attempt("c0")) == "eni" + digest[:11]
+    assert legacy_host_veth_name(attempt("c1")) == legacy_host_veth_name(attempt("c0"))
 
 
 def test_eni_table_gateway_and_netns_paths() -> None:
@@ -83,6 +119,24 @@ def test_pins_are_per_host_netns() -> None:
     assert f"-DVPCNI_MAX_FLOWS={bpf.MAX_FLOWS}" in flags
 
 
+def test_a_netns_must_be_a_pods(tmp_path: Path) -> None:
+    forbidden = node_netns()
+    plain = tmp_path / "file"
+    plain.write_text("")
+    for path in (str(plain), str(tmp_path), "/proc/self/ns/mnt"):
+        with pytest.raises(DatapathError) as err:
+            open_pod_netns(path, forbidden)
+        assert err.value.refused and not err.value.missing_netns, path
+    with pytest.raises(DatapathError) as err:
+        open_pod_netns("/proc/self/ns/net", forbidden)  # the agent's own
+    assert err.value.refused and "node's own" in str(err.value)
+    with pytest.raises(DatapathError) as err:
+        open_pod_netns(str(tmp_path / "gone"), forbidden)
+    assert err.value.missing_netns
+    assert netns_alive("/proc/self/ns/net")
+    assert not netns_alive(str(plain)) and not netns_alive(str(tmp_path / "gone"))
+
+
 def test_missing_pod_netns_is_a_clear_error() -> None:
     pod = PodNetwork(
         container_id="c",
@@ -106,3 +160,20 @@ async def test_factory_modes() -> None:
     await kernel.close()
     with pytest.raises(ValueError, match="unknown datapath mode"):
         await make_datapath("ebpf", host_netns=None, vpc_cidrs=[])
+
+
+def test_netlink_attributes_are_padded_and_parsed_back() -> None:
+    encoded = rtnl.attrs((rtnl.IFLA_IFNAME, rtnl.text("eni0123")), (rtnl.IFLA_MTU, rtnl.u32(9001)))
+    assert len(encoded) % 4 == 0
+    assert rtnl.parse_attrs(encoded) == {
+        rtnl.IFLA_IFNAME: b"eni0123\0",
+        rtnl.IFLA_MTU: (9001).to_bytes(4, "little"),
+    }
+    body = rtnl.ifinfo(7, up=True) + rtnl.attrs(
+        (rtnl.IFLA_IFNAME, rtnl.text("eni0123")),
+        (rtnl.IFLA_IFALIAS, rtnl.text("vpcni:ab")),
+        (rtnl.IFLA_ADDRESS, rtnl.mac_bytes("02:00:00:00:00:2a")),
+    )
+    assert rtnl.parse_link(body) == rtnl.Link(
+        index=7, name="eni0123", flags=rtnl.IFF_UP, alias="vpcni:ab", mac="02:00:00:00:00:2a"
+    )

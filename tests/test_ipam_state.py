@@ -399,3 +399,20 @@ class TestReconcile:
         )
         assert state.stats(NOW).available == 31
         assert state.stats(NOW + 30).cooling == 0
+
+
+def test_the_cooling_bitmap_follows_every_change_of_the_cooling_set() -> None:
+    from agent.ipam.blocks import CidrBlock
+
+    block = CidrBlock.parse("10.0.1.16/28")
+    block.take(0)
+    block.give_back(0, cool_until=100.0)
+    assert block.lowest_free(1.0) == 1  # bit 0 cools
+    block.take(0)  # the cooling set empties ...
+    block.take(1)
+    block.give_back(1, cool_until=100.0)  # ... and fills to the same size with another bit
+    assert block.cooling_mask(2.0) == 0b10
+    assert block.lowest_free(2.0) == 2
+    block.cooling.pop(1)  # what NodeState.unallocate does
+    assert block.lowest_free(3.0) == 1
+    assert block.lowest_free(100.0) == 1 and block.cooling_mask(100.0) == 0

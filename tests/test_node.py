@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent import store
 from agent.cloud.port import Throttled
 from agent.ipam import checkpoint, instances
 from agent.ipam.state import IPAMKey, Lease
@@ -39,7 +40,7 @@ def req(container_id: str, ifname: str = "eth0", network: str = NETWORK) -> PodR
 
 def saved(s: Settings) -> dict[IPAMKey, Lease]:
     """The leases in the checkpoint file, by key."""
-    return {lease.key: lease for lease in checkpoint.decode(s.checkpoint_path.read_bytes())}
+    return {lease.key: lease for lease in store.read(s.checkpoint_path).leases}
 
 
 Make = Callable[..., Node]
@@ -128,7 +129,8 @@ async def test_a_corrupt_checkpoint_is_moved_aside_and_the_node_starts_empty(
     await n.start()
 
     assert n.state.lease_count() == 0
-    assert s.checkpoint_path.with_suffix(".corrupt").read_bytes() == b"{not json"
+    (aside,) = tmp_path.glob("**/ipam.json.corrupt-*")
+    assert aside.read_bytes() == b"{not json"
     assert n.counters.ipamd_errors["checkpoint_corrupt"] == 1
 
 
@@ -407,9 +409,11 @@ async def test_a_failed_repeat_add_keeps_the_lease_the_first_add_saved(
     shutil.rmtree(state_dir)
     state_dir.write_text("in the way")
 
-    with pytest.raises(NodeError):
-        await n.add(req("c1"))  # the runtime retries; this time the write fails
+    # The runtime retries. Nothing changed, so nothing needs writing (the journal holds only
+    # changes) and the repeat answers with the saved lease, however broken the disk is now.
+    again = await n.add(req("c1"))
 
+    assert again.lease == first.lease
     assert n.state.lease(key("c1")) == first.lease
     assert n.state.lease_by_ip(first.lease.ip) == first.lease
 
@@ -433,7 +437,8 @@ async def test_insufficient_cidr_backs_off_and_falls_back_to_secondary_ips(
     assert attachment.lease.cidr.prefixlen == 32
     fallback = [p for p in n.plans if "fallback to secondary IPs" in p.reason]
     assert fallback and fallback[-1].outcome == "ok"
-    assert fallback[-1].action.startswith("assign")
+    # secondary IPs were assigned to the ENI (a new ENI with IPs may follow for the warm target)
+    assert any(p.action.startswith("assign") and "IP(s)" in p.action for p in fallback)
     assert n.counters.ipamd_errors["insufficient_cidr"] >= 1
     assert attachment.lease.ip in w.model.primary_eni(w.model.instance(w.instance_id)).secondary_ips
 

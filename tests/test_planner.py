@@ -692,6 +692,16 @@ class TestPrefixBackoff:
         d = decide(state2, PREFIX_1, M5, now=NOW + 11, backoff=backoff)
         assert d.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=1)
 
+    def test_a_fallback_asks_for_a_prefixs_worth_not_each_missing_address(self) -> None:
+        ec2 = FakeEc2()
+        state = fresh_node(ec2, prefixes=1)
+        add_pods(state, 2, now=NOW)  # 14 available: 2 short of WARM_PREFIX_TARGET=1
+        backoff = PrefixBackoff()
+        backoff.record_failure(PRIMARY_SUBNET, now=NOW, jitter=0.0)
+        d = decide(state, PREFIX_1, M5, now=NOW + 1, backoff=backoff)
+        # One call for as many as a prefix holds (the ENI has 8 slots left), not one per pod.
+        assert d.action == AssignIps(eni_id="eni-0", count=8)
+
     def test_no_fallback_means_no_action(self) -> None:
         state = fresh_node(FakeEc2())
         backoff = PrefixBackoff()
@@ -709,9 +719,10 @@ class TestPrefixBackoff:
         d = decide(state, PREFIX_1, M5, now=NOW + 1, backoff=backoff)
         assert d.action == AssignIps(eni_id="eni-0", count=9)
         ec2.apply(state, d.action, now=NOW + 1)
-        # still 7 short of 16: a new ENI with 7 IPs while the subnet backs off
+        # still 7 short of 16: a new ENI with a prefix's worth (its 9 slots) while the subnet
+        # backs off
         d = decide(state, PREFIX_1, M5, now=NOW + 2, backoff=backoff)
-        assert d.action == CreateEni(subnet_id=PRIMARY_SUBNET, ips=7)
+        assert d.action == CreateEni(subnet_id=PRIMARY_SUBNET, ips=9)
         (lease,) = add_pods(state, 1, now=NOW + 2)
         # a retry after the back-off works: the primary is full, so a new ENI with a prefix
         d = decide(state, PREFIX_1, M5, now=NOW + 11, backoff=backoff)
@@ -842,3 +853,17 @@ def test_waiting_adds_in_secondary_mode_fill_an_eni_and_respect_max_pods() -> No
     add_pods(state, 9, now=NOW)
     rush = plan(state, SECONDARY, M5_SECONDARY, backoff=PrefixBackoff(), now=NOW, pending=30)
     assert rush.action == CreateEni(subnet_id=PRIMARY_SUBNET, ips=9)
+
+
+def test_waiting_adds_grow_past_max_pods_by_what_is_cooling() -> None:
+    ec2 = FakeEc2()
+    small = limits_for("m5.large", prefix=True, max_pods_value=32)
+    state = fresh_node(ec2, prefixes=2)  # 32 addresses: max pods
+    leases = add_pods(state, 32, now=NOW)
+    for lease in leases[:20]:  # churn: 20 pods gone, their addresses cool for 30 s
+        state.release(lease.key, now=NOW, cooldown=30.0)
+    # ipamd's rule: the pool holds max pods' worth of addresses, so nothing grows ...
+    assert decide(state, PREFIX_1, small).action is None
+    # ... but 3 pods wait with 12 leased of 32: the cooling 20 must not keep them waiting.
+    waiting = plan(state, PREFIX_1, small, backoff=PrefixBackoff(), now=NOW + 1, pending=3)
+    assert waiting.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=1)

@@ -1,9 +1,7 @@
-"""The checkpoint file: atomic replace, mode 0600, group commit, failures as StoreError."""
+"""The snapshot file: atomic replace, mode 0600, no temp file left (see test_store_journal)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import stat
 from pathlib import Path
@@ -11,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.store import CheckpointStore, StoreError, write_atomic
+from agent.store import write_atomic
 
 
 def test_write_atomic_goes_through_a_temp_file_and_a_rename(
@@ -61,61 +59,3 @@ def test_a_failed_write_leaves_the_old_file_whole(
 
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ipam.json"]  # no temp file left
-
-
-async def test_concurrent_commits_share_writes_and_each_is_durable_on_return(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "ipam.json"
-    changes: list[int] = []
-    store = CheckpointStore(path, lambda: json.dumps(changes).encode())
-
-    async def change(i: int) -> None:
-        changes.append(i)
-        await store.commit()
-        # On return the file already holds this change (later writes only add to it).
-        assert i in json.loads(path.read_bytes())
-
-    await asyncio.gather(*(change(i) for i in range(200)))
-
-    assert sorted(json.loads(path.read_bytes())) == list(range(200))
-    assert 1 <= store.writes < 50
-    assert store.failures == 0
-
-
-async def test_a_commit_after_a_finished_write_writes_again(tmp_path: Path) -> None:
-    path = tmp_path / "ipam.json"
-    value = [b"one"]
-    store = CheckpointStore(path, lambda: value[0])
-
-    await store.commit()
-    value[0] = b"two"
-    await store.commit()
-
-    assert path.read_bytes() == b"two"
-    assert store.writes == 2
-
-
-async def test_a_failed_write_is_a_store_error_and_the_next_commit_retries(
-    tmp_path: Path,
-) -> None:
-    blocker = tmp_path / "state"
-    blocker.write_text("a file where the state directory should be")
-    store = CheckpointStore(blocker / "ipam.json", lambda: b"{}")
-
-    with pytest.raises(StoreError) as failed:
-        await store.commit()
-
-    assert str(blocker / "ipam.json") in str(failed.value)
-    assert store.failures == 1 and store.writes == 0
-    blocker.unlink()
-    await store.commit()
-    assert (blocker / "ipam.json").read_bytes() == b"{}"
-    assert store.writes == 1
-
-
-def test_load_is_none_without_a_checkpoint(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path / "ipam.json", lambda: b"")
-    assert store.load() is None
-    (tmp_path / "ipam.json").write_bytes(b"saved")
-    assert store.load() == b"saved"

@@ -171,6 +171,11 @@ class NodeCollector:
         yield counter("vpcni_plan_errors", "Pool actions that failed", c.plan_errors)
         yield counter("vpcni_leases_dropped", "Leases dropped: block vanished", c.leases_dropped)
         yield counter(
+            "vpcni_leases_reconciled",
+            "Leases released because their pod was gone (no host veth, no netns): lost DELs",
+            c.leases_reconciled,
+        )
+        yield counter(
             "vpcni_del_spool_replayed", "DELs spooled by the plugin, replayed", c.del_spool_replayed
         )
         yield counter(

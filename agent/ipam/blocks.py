@@ -25,6 +25,11 @@ class CidrBlock:
     size: int = field(init=False)
     full_mask: int = field(init=False)
     is_prefix: bool = field(init=False)
+    # `cooling` as a bitmap, valid until the earliest cool-until passes or the dict changes
+    # size: the allocator asks on every ADD for every block, most of which have nothing new.
+    _cool_mask: int = field(init=False, default=0)
+    _cool_next: float = field(init=False, default=0.0)
+    _cool_len: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.base = int(self.cidr.network_address)
@@ -66,12 +71,17 @@ class CidrBlock:
         """Bitmap of addresses still cooling at `now`; forgets the ones that have cooled."""
         if not self.cooling:
             return 0
+        if now < self._cool_next and len(self.cooling) == self._cool_len:
+            return self._cool_mask
         mask = 0
+        soonest = float("inf")
         for bit, until in list(self.cooling.items()):
             if until > now:
                 mask |= 1 << bit
+                soonest = min(soonest, until)
             else:
                 del self.cooling[bit]
+        self._cool_mask, self._cool_next, self._cool_len = mask, soonest, len(self.cooling)
         return mask
 
     def cooling_count(self, now: float) -> int:
@@ -107,8 +117,10 @@ class CidrBlock:
             raise ValueError(f"{self.address(bit)} is already assigned")
         self.assigned |= mask
         self.cooling.pop(bit, None)
+        self._cool_len = -1
 
     def give_back(self, bit: int, *, cool_until: float) -> None:
         """Unlease `bit`; it cools until `cool_until` (no cooling if that is not in the future)."""
         self.assigned &= ~(1 << bit)
         self.cooling[bit] = cool_until
+        self._cool_len = -1

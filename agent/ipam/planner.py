@@ -223,6 +223,7 @@ class _Round:
             ips=ips,
             why=f"{self.pending} ADDs waiting, {free_now} addresses free now",
             short=need,
+            beyond_cooling=True,
         )
 
     def _decision(
@@ -427,10 +428,24 @@ class _Round:
     # -- growing ---------------------------------------------------------------------------
 
     def _grow(
-        self, *, prefixes: int, ips: int, why: str, short: int = 0, over: int = 0
+        self,
+        *,
+        prefixes: int,
+        ips: int,
+        why: str,
+        short: int = 0,
+        over: int = 0,
+        beyond_cooling: bool = False,
     ) -> Decision:
-        """Add `prefixes` (prefix mode) or `ips` (secondary mode, or prefix fallback)."""
+        """Add `prefixes` (prefix mode) or `ips` (secondary mode, or prefix fallback).
+
+        Max pods bounds the addresses held; for waiting ADDs (`beyond_cooling`) cooling ones are
+        not counted: they cannot serve a pod, and under churn (30 s of cooldown at a few pods a
+        second) they alone would hold the node below its max pods.
+        """
         room_left = self.limits.max_pods - self.stats.total
+        if beyond_cooling:
+            room_left += self.stats.cooling
         if room_left <= 0:
             return self._decision(
                 None,
@@ -459,6 +474,10 @@ class _Round:
                 fallback_note = f"; fallback to secondary IPs: {wait}"
         if use_prefixes:
             count = min(prefixes, math.ceil(room_left / PREFIX_SIZE))
+        elif fallback_note:
+            # A prefix's worth at once: asking for each missing address alone cost one EC2 call
+            # per pod start under churn and emptied the account's bucket (bench/fleet_sim.py).
+            count = min(max(ips, PREFIX_SIZE), room_left)
         else:
             count = min(ips, room_left)
         if eni is not None:

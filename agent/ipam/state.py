@@ -141,6 +141,20 @@ class NodeState:
         self.enis: dict[str, Eni] = {}
         self._leases: dict[IPAMKey, Lease] = {}
         self._by_ip: dict[IPv4Address, IPAMKey] = {}
+        # Keys whose lease changed since the checkpoint last took them: what a journal
+        # record must carry, so a durable commit costs O(change), not O(leases).
+        self._changed: set[IPAMKey] = set()
+
+    # -- change tracking (for the checkpoint journal) ----------------------------------------
+
+    def take_changes(self) -> list[tuple[IPAMKey, Lease | None]]:
+        """Keys changed since the last call, each with its lease now (None: released)."""
+        changed, self._changed = self._changed, set()
+        return [(key, self._leases.get(key)) for key in changed]
+
+    def mark_changed(self, keys: Iterable[IPAMKey]) -> None:
+        """Hand keys back for the next `take_changes` (their write failed)."""
+        self._changed.update(keys)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -269,6 +283,7 @@ class NodeState:
         lease = self._leases.pop(key, None)
         if lease is None:
             return None
+        self._changed.add(key)
         del self._by_ip[lease.ip]
         block = self._block_of(lease)
         if block is not None:
@@ -288,6 +303,7 @@ class NodeState:
         """Undo `allocate` (the checkpoint write failed): free again without cooldown."""
         self._leases.pop(lease.key, None)
         self._by_ip.pop(lease.ip, None)
+        self._changed.add(lease.key)
         found = self.find_block(lease.ip)
         if found is not None:
             _, block = found
@@ -326,6 +342,7 @@ class NodeState:
         return True
 
     def _index(self, lease: Lease) -> None:
+        self._changed.add(lease.key)
         self._leases[lease.key] = lease
         self._by_ip[lease.ip] = lease.key
 
@@ -368,6 +385,7 @@ class NodeState:
         for lease in dropped:
             self._leases.pop(lease.key)
             self._by_ip.pop(lease.ip)
+            self._changed.add(lease.key)
         del eni.blocks[cidr]
         return dropped
 

@@ -1,0 +1,224 @@
+"""Durable ADD+DEL pairs through the agent's Unix socket (`--datapath none`), and what the agent
+costs doing them: pairs/s and per-request latency at 32 clients and at 1 client with 0 and
+m5.24xlarge's max-pods live leases, agent CPU per pair, agent RSS.
+
+The agent is the real `vpcni-agent` (`--cloud sim`, m5.24xlarge, prefix mode, IP cooldown 0 so
+that churn measures the request path, not pool growth); every request is what the plugin sends,
+on a fresh connection (one exec of the plugin per request on a node), and every reply comes
+after the lease change is fsynced. The peer of the lease-count run is the same agent with no
+live leases (the goal: flat in the lease count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.demo import free_port, wait_ready
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _netns(name: str, *, add: bool) -> bool:
+    done = subprocess.run(
+        ["ip", "netns", "add" if add else "del", name], check=False, capture_output=True
+    )
+    return done.returncode == 0
+
+
+class Agent:
+    """A `vpcni-agent --datapath none` in a temp dir: on the embedded emulator (`--cloud sim`),
+    or, shaped as in production, on EC2 and IMDS served by a separate emulator process."""
+
+    def __init__(self, work: Path, *, instance_type: str = "m5.24xlarge", cloud: str = "sim"):
+        self.socket = work / "agent.sock"
+        self.introspection = f"127.0.0.1:{free_port()}"
+        self.metrics = f"127.0.0.1:{free_port()}"
+        self.emulator: subprocess.Popen[str] | None = None
+        env = {
+            **os.environ,
+            "ENABLE_PREFIX_DELEGATION": "true",
+            "WARM_PREFIX_TARGET": "4",
+            "IP_COOLDOWN_PERIOD": "0",
+            "AWS_VPC_K8S_CNI_LOGLEVEL": "ERROR",
+        }
+        cmd = [
+            sys.executable, "-m", "agent.main", "--cloud", cloud, "--datapath", "none",
+            "--socket", str(self.socket), "--state-dir", str(work / "state"),
+            "--introspection", self.introspection, "--metrics", self.metrics,
+        ]  # fmt: skip
+        if cloud == "sim":
+            cmd += ["--sim-instance-type", instance_type, "--sim-subnet-cidr", "10.0.0.0/18"]
+        else:
+            url = self._start_emulator(instance_type)
+            env |= {
+                "AWS_EC2_ENDPOINT": url,
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": url,
+                "AWS_ACCESS_KEY_ID": "sim",
+                "AWS_SECRET_ACCESS_KEY": "sim",
+            }
+        self.process = subprocess.Popen(cmd, env=env)
+        wait_ready(self.introspection, self.process)
+
+    def _start_emulator(self, instance_type: str) -> str:
+        port = free_port()
+        self.emulator = subprocess.Popen(
+            [sys.executable, "-m", "agent.ctl", "ec2-sim", "serve", "--port", str(port),
+             "--instance-type", instance_type, "--subnet-cidr", "10.0.0.0/18"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.emulator.stdout is not None
+        self.emulator.stdout.readline()  # "EC2: <url>" once it listens
+        return f"http://127.0.0.1:{port}"
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the agent has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def rss_mib(self) -> float:
+        """Resident set size now (VmRSS), MiB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return 0.0
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        if self.emulator is not None:
+            self.emulator.send_signal(signal.SIGTERM)
+            self.emulator.wait(timeout=30)
+
+
+async def _request(sock: Path, verb: str, body: bytes) -> tuple[int, float]:
+    """One CNI request over a fresh connection: (HTTP status, seconds)."""
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    writer.write(
+        b"POST /v1/cni/%s HTTP/1.1\r\nHost: vpcni\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (verb.encode(), len(body), body)
+    )
+    answer = await reader.read()
+    writer.close()
+    elapsed = time.perf_counter() - started
+    return int(answer.split(b" ", 2)[1]), elapsed
+
+
+def _body(container: str, netns: str) -> bytes:
+    return json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "containerID": container,
+            "ifName": "eth0",
+            "netns": netns,
+            "config": {"cniVersion": "1.0.0", "name": "vpcni", "type": "vpcni"},
+            "args": {"K8S_POD_NAMESPACE": "bench", "K8S_POD_NAME": container},
+        }
+    ).encode()
+
+
+async def _churn(
+    agent: Agent, *, clients: int, pairs: int, netns: str, tag: str
+) -> dict[str, float]:
+    """`pairs` ADD+DEL pairs from `clients` concurrent clients."""
+    latencies: list[float] = []
+    failures = 0
+    counter = iter(range(pairs))
+
+    async def client() -> None:
+        nonlocal failures
+        for n in counter:
+            body = _body(f"{tag}-{n}", netns)
+            for verb in ("add", "del"):
+                status, seconds = await _request(agent.socket, verb, body)
+                latencies.append(seconds)
+                failures += status != 200
+
+    cpu, own = agent.cpu_s(), time.process_time()
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    cpu, own = agent.cpu_s() - cpu, time.process_time() - own
+    latencies.sort()
+    return {
+        "clients": clients,
+        "pairs": pairs,
+        "pairs_s": round(pairs / elapsed),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+        "max_ms": round(latencies[-1] * 1000, 2),
+        "agent_cpu_ms_per_pair": round(cpu * 1000 / pairs, 2),
+        "client_cpu_ms_per_pair": round(own * 1000 / pairs, 2),
+        "failures": failures,
+    }
+
+
+async def _live(agent: Agent, count: int, netns: str) -> None:
+    """`count` pods that stay (added 16 at a time; the pool grows as they come)."""
+    for start in range(0, count, 16):
+        results = await asyncio.gather(
+            *(
+                _request(agent.socket, "add", _body(f"live-{n}", netns))
+                for n in range(start, min(start + 16, count))
+            )
+        )
+        if any(status != 200 for status, _ in results):
+            raise RuntimeError(f"live pods: {[s for s, _ in results]}")
+
+
+def run(*, quick: bool = False) -> dict[str, Any]:
+    """32-client throughput, then 1-client pairs/s at 0 and max-pods-1 live leases; the
+    agent's memory with the emulator inside and, as in production, outside."""
+    work = Path(tempfile.mkdtemp(prefix="vpcni-load-"))
+    netns = f"vpcnibench-load{os.getpid()}"
+    # A real netns when we may make one (an agent may check what the path is); else a path.
+    made = os.geteuid() == 0 and _netns(netns, add=True)
+    path = f"/var/run/netns/{netns}"
+    pairs32, pairs1 = (1500, 300) if quick else (6000, 1000)
+    live = 249  # m5.24xlarge's max pods (250) less the one that churns
+    try:
+        agent = Agent(work / "sim")
+        try:
+            rss_idle = agent.rss_mib()
+            asyncio.run(_churn(agent, clients=32, pairs=200, netns=path, tag="warm"))
+            many = asyncio.run(_churn(agent, clients=32, pairs=pairs32, netns=path, tag="c32"))
+            empty = asyncio.run(_churn(agent, clients=1, pairs=pairs1, netns=path, tag="c1e"))
+            asyncio.run(_live(agent, live, path))
+            full = asyncio.run(_churn(agent, clients=1, pairs=pairs1, netns=path, tag="c1f"))
+            rss_loaded = agent.rss_mib()
+        finally:
+            agent.stop()
+        production = Agent(work / "aws", cloud="aws")
+        try:
+            asyncio.run(_live(production, live, path))
+            asyncio.run(_churn(production, clients=32, pairs=500, netns=path, tag="p"))
+            rss_production = production.rss_mib()
+        finally:
+            production.stop()
+    finally:
+        if made:
+            _netns(netns, add=False)
+    return {
+        "clients_32": many,
+        "client_1_leases_0": empty,
+        "client_1_leases_live": full,
+        "live_leases": live,
+        "flat_ratio": round(full["pairs_s"] / empty["pairs_s"], 2),
+        "rss_mib_idle_sim": rss_idle,
+        "rss_mib_loaded_sim": rss_loaded,
+        "rss_mib_production": rss_production,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=1))
