@@ -69,6 +69,19 @@ class Ledger:
             self.held[container_id] = ip
             self.by_ip[ip] = container_id
 
+    def releasing(self, container_id: str) -> None:
+        """A DEL was sent: the runtime no longer uses the address, and once the agent has
+        applied the DEL (its answer may be lost to a kill) the address may go to another pod."""
+        with self.lock:
+            ip = self.held.get(container_id)
+            if ip is not None and self.by_ip.get(ip) == container_id:
+                del self.by_ip[ip]
+
+    def holding(self) -> dict[str, str]:
+        """Containers holding an address with no DEL sent for them: container id -> IP."""
+        with self.lock:
+            return {c: ip for ip, c in self.by_ip.items()}
+
     def deleted(self, container_id: str) -> None:
         with self.lock:
             ip = self.held.pop(container_id, None)
@@ -200,6 +213,7 @@ class Churn:
 
     def _delete(self, container_id: str, via: str) -> None:
         """DEL until it succeeds, as a runtime does."""
+        self.ledger.releasing(container_id)
         deadline = time.monotonic() + DEL_RETRY_FOR
         while not self._del_once(container_id, via):
             if time.monotonic() > deadline:
@@ -259,7 +273,20 @@ class Churn:
             proc.wait()
             self.report.kills += 1
             self._start()
+            self._check_restart()
             self._restarted.set()
+
+    def _check_restart(self) -> None:
+        """Right after a restart, every container the runtime holds (no DEL sent) must be
+        leased at its address: a kill must never cost an acknowledged ADD."""
+        before = self.ledger.holding()
+        pods = {p["container_id"]: p["ip"] for p in self.agent.get("/v1/pods")}
+        after = self.ledger.holding()  # a DEL sent meanwhile takes a container out
+        self.report.lost += [
+            f"{c} {ip} -> {pods.get(c)} after kill {self.report.kills}"
+            for c, ip in before.items()
+            if after.get(c) == ip and pods.get(c) != ip
+        ]
 
     def _start(self) -> None:
         for attempt in range(3):
@@ -304,7 +331,7 @@ class Churn:
         report.double_assigned = list(self.ledger.double_assigned)
         pods = {p["container_id"]: p["ip"] for p in self.agent.get("/v1/pods")}
         held = dict(self.ledger.held)
-        report.lost = [f"{c} {ip} -> {pods.get(c)}" for c, ip in held.items() if pods.get(c) != ip]
+        report.lost += [f"{c} {ip} -> {pods.get(c)}" for c, ip in held.items() if pods.get(c) != ip]
         report.zombies = [f"{c} {ip}" for c, ip in pods.items() if c not in held]
         ips = list(pods.values())
         report.double_assigned += [
