@@ -20,6 +20,7 @@ ROOMS: dict[str, tuple[str, str]] = {
     "pods": ("agent.introspect_cli", "pod leases on this node"),
     "pool": ("agent.introspect_cli", "warm pool targets, last plans, back-off"),
     "datapath": ("agent.introspect_cli", "datapath mode, programs, per-pod counters"),
+    "uninstall": ("agent.uninstall", "take vpcni off this node; running pods keep networking"),
     "subnet": ("agent.cloud.subnet_cli", "free /28 prefixes per subnet; the reservation to fix"),
 }
 

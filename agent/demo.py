@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from agent.cni.install import install_plugin
-from agent.introspect_cli import fetch, render
+from agent.introspect_cli import PATHS, fetch, render
 
 # Wide enough for ENI ids and reasons even when stdout is not a terminal (CI logs, pipes).
 console = Console(width=max(Console().width, 150))
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 added[pod] = result["ips"][0]["address"].split("/")[0]
         for view in ("enis", "pods", "pool"):
             console.rule(f"vpcni-ctl {view}")
-            render(view, fetch(f"/v1/{view}", address=introspection, unix_socket=None), console)
+            render(view, fetch(PATHS[view], address=introspection, unix_socket=None), console)
         if root and len(added) >= 2:
             datapath = fetch("/v1/datapath", address=introspection, unix_socket=None)
             console.rule(f"datapath: {datapath.get('mode')}")

@@ -55,13 +55,17 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run, view=name)
 
 
+# Where each view's document is (`/v1/enis` answers in aws-node's shape by default).
+PATHS = {
+    "enis": "/v1/enis?format=vpcni",
+    "pods": "/v1/pods",
+    "pool": "/v1/pool",
+    "datapath": "/v1/datapath",
+}
+
+
 def run(args: argparse.Namespace) -> int:
-    path = {
-        "enis": "/v1/enis?format=vpcni",
-        "pods": "/v1/pods",
-        "pool": "/v1/pool",
-        "datapath": "/v1/datapath",
-    }[args.view]
+    path = PATHS[args.view]
     try:
         doc = fetch(path, address=args.address, unix_socket=args.socket)
     except (OSError, RuntimeError, ValueError) as e:

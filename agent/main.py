@@ -232,6 +232,7 @@ async def _datapath(settings: Settings, identity: NodeIdentity) -> Datapath:
         host_netns=settings.host_netns,
         vpc_cidrs=identity.vpc_cidrs,
         mtu=settings.mtu,
+        snat=settings.snat,
     )
 
 

@@ -13,12 +13,13 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, ip_network
 from pathlib import Path
 from typing import Any
 
 from agent.cloud.port import RESERVED_TAG_MARK
 from agent.ipam.planner import PoolSettings
+from datapath.port import MAX_SNAT_EXCLUDE, RANDOMIZE_SNAT, SnatPolicy
 
 # aws-node's levels (case-insensitive) → Python's; FATAL is aws-node's highest.
 LOG_LEVELS = {
@@ -83,6 +84,7 @@ class Settings:
     node_name: str | None = None  # MY_NODE_NAME (downward API): the Node object to watch
     eni_config_annotation: str = "k8s.amazonaws.com/eniConfig"  # ENI_CONFIG_ANNOTATION_DEF
     eni_config_label: str = "k8s.amazonaws.com/eniConfig"  # ENI_CONFIG_LABEL_DEF
+    snat: SnatPolicy = field(default_factory=SnatPolicy)
     # What start-up must say about the configuration (values aws-node tolerates that vpcni
     # reads differently, variables it ignores): logged once logging is set up.
     warnings: tuple[str, ...] = ()
@@ -195,6 +197,44 @@ def _pool_settings(e: _Env) -> PoolSettings:
         custom_networking=e.flag("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", False),
         prefix_fallback=e.flag("VPCNI_PREFIX_FALLBACK", True),
     )
+
+
+def snat_policy(e: _Env) -> SnatPolicy:
+    """AWS_VPC_K8S_CNI_EXTERNALSNAT, _EXCLUDE_SNAT_CIDRS and _RANDOMIZESNAT read as aws-node
+    reads them: a bad boolean or mode is a warning and the default; the exclusions are split on
+    commas and trimmed, a bad or IPv6 entry is a warning and skipped, host bits are dropped
+    (Go's net.ParseCIDR), and with EXTERNALSNAT=true there are none. More exclusions than the
+    programs have slots for stop start-up: they could not be honoured."""
+    external = e.flag("AWS_VPC_K8S_CNI_EXTERNALSNAT", False)
+    randomize = e.raw("AWS_VPC_K8S_CNI_RANDOMIZESNAT") or "prng"
+    if randomize not in RANDOMIZE_SNAT:
+        e.warn(
+            f"AWS_VPC_K8S_CNI_RANDOMIZESNAT={randomize!r}: expected one of "
+            f"{', '.join(RANDOMIZE_SNAT)}; using prng"
+        )
+        randomize = "prng"
+    exclude: list[IPv4Network] = []
+    raw = e.raw("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS")
+    if raw and not external:
+        for item in raw.split(","):
+            try:
+                if "/" not in item:  # net.ParseCIDR wants a prefix length
+                    raise ValueError(item)
+                net = ip_network(item.strip(), strict=False)
+            except ValueError:
+                e.warn(f"AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: {item!r} is not a valid CIDR; ignored")
+                continue
+            if not isinstance(net, IPv4Network):
+                e.warn(f"AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: {item!r} is IPv6; ignored")
+                continue
+            if net not in exclude:
+                exclude.append(net)
+    if len(exclude) > MAX_SNAT_EXCLUDE:
+        raise SettingsError(
+            f"AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: {len(exclude)} CIDRs, at most "
+            f"{MAX_SNAT_EXCLUDE} (aggregate them)"
+        )
+    return SnatPolicy(external=external, exclude=tuple(exclude), randomize=randomize)
 
 
 def _max_eni(e: _Env) -> int:
@@ -356,6 +396,7 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     eni_config = e.raw("VPCNI_ENI_CONFIG")
     pool = _pool_settings(e)
     node_name = e.raw("MY_NODE_NAME")
+    snat = snat_policy(e)
     if pool.custom_networking and args.cloud == "aws" and eni_config is None and not node_name:
         raise SettingsError(
             "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true needs MY_NODE_NAME (the downward API's "
@@ -394,6 +435,7 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         node_name=node_name,
         eni_config_annotation=e.text("ENI_CONFIG_ANNOTATION_DEF", "k8s.amazonaws.com/eniConfig"),
         eni_config_label=e.text("ENI_CONFIG_LABEL_DEF", "k8s.amazonaws.com/eniConfig"),
+        snat=snat,
         warnings=(*e.warnings, *_ignored(env)),
     )
 

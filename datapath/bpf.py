@@ -7,10 +7,12 @@ with a fixed tc prio/handle so that a restarted agent swaps them in place (`repl
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from enum import IntEnum
@@ -20,19 +22,35 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from datapath import bpf_sys
+from datapath.port import MAX_SNAT_EXCLUDE
+
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/vpcni"
 SOURCE_DIR = Path(__file__).with_name("bpf")
-HOOKS = ("from_pod", "from_eni")
+HOOKS = ("from_pod", "to_pod", "from_eni", "to_eni")
+# Headers joined ahead of the hooks, in this order.
+HEADERS = ("vpcni.h", "nat.h")
 MAX_ENDPOINTS = 16384
 # VPC CIDRs the fast path knows (AWS allows 5 per VPC by default); more go the kernel's way.
 MAX_VPC_CIDRS = 8
 # Flows handed to the kernel (Services, outside the VPC); least recently used make room.
 MAX_FLOWS = 65536
-# Our filter's place on clsact ingress; fixed so a new agent replaces instead of adding.
+# SNAT flows (per map; LRU). Each takes two entries, one per direction.
+MAX_NAT = 65536
+MAX_EXCLUDE_CIDRS = MAX_SNAT_EXCLUDE
+# Our filter's place on clsact ingress/egress; fixed so a new agent replaces instead of adding.
 TC_PRIO = 7
 TC_HANDLE = 0x7C
 TC_INGRESS = "ffff:fff2"
+TC_EGRESS = "ffff:fff3"
+# Which clsact side each hook goes on.
+HOOK_PARENT = {
+    "from_pod": TC_INGRESS,
+    "to_pod": TC_EGRESS,
+    "from_eni": TC_INGRESS,
+    "to_eni": TC_EGRESS,
+}
 
 
 class Verdict(IntEnum):
@@ -80,6 +98,69 @@ class VpcCidr:
     mask: IPv4Address
 
 
+class Randomize(IntEnum):
+    """How SNAT picks ports (enum snat_randomize; AWS_VPC_K8S_CNI_RANDOMIZESNAT)."""
+
+    SEQUENTIAL = 0  # "none"
+    HASH = 1  # "hashrandom"
+    PRNG = 2  # "prng"
+
+
+class SnatStat(IntEnum):
+    """SNAT counters by reason (enum snat_stat), slots of the snat_stats per-CPU array."""
+
+    NEW = 0
+    OUT = 1
+    IN = 2
+    EXCLUDED = 3
+    COLLISION = 4
+    NO_PORT = 5
+    RECLAIMED = 6
+    EXPIRED = 7
+    EVICTED = 8
+    CLOSED = 9
+    UNTRACKED = 10
+    UNSUPPORTED = 11
+    ICMP_ERROR = 12
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnatConfig:
+    """Slot 0 of snat_config (struct snat_config); node_ip 0.0.0.0 turns SNAT off."""
+
+    node_ip: IPv4Address
+    node_ifindex: int
+    port_min: int
+    port_max: int
+    randomize: Randomize
+    hash_secret: int
+    tcp_timeout: int
+    closing_timeout: int
+    udp_timeout: int
+    icmp_timeout: int
+
+
+@dataclass(frozen=True, slots=True)
+class NatKey:
+    """A SNAT tuple (struct nat_key): the pod's view in nat_out, the reply's in nat_in."""
+
+    remote: IPv4Address
+    local: IPv4Address
+    remote_port: int
+    local_port: int
+    proto: int
+
+
+@dataclass(frozen=True, slots=True)
+class NatEntry:
+    """Where a tuple translates to (struct nat_entry)."""
+
+    addr: IPv4Address
+    port: int
+    closing: bool
+    last_seen: int
+
+
 @dataclass(frozen=True, slots=True)
 class Flow:
     """The client's end of a flow the kernel NATs (struct flow), the key of kernel_flows."""
@@ -107,9 +188,11 @@ def ensure_bpffs() -> None:
 
 def source_text() -> str:
     """The programs as one translation unit (bcc rewrites map calls in its main file only)."""
-    header = (SOURCE_DIR / "vpcni.h").read_text()
+    headers = [(SOURCE_DIR / name).read_text() for name in HEADERS]
     hooks = [(SOURCE_DIR / f"{hook}.c").read_text() for hook in HOOKS]
-    return "\n".join([header, *(h.replace('#include "vpcni.h"', "") for h in hooks)])
+    for name in HEADERS:
+        hooks = [h.replace(f'#include "{name}"', "") for h in hooks]
+    return "\n".join([*headers, *hooks])
 
 
 def cflags(host_netns: str | None, max_endpoints: int = MAX_ENDPOINTS) -> list[str]:
@@ -119,6 +202,8 @@ def cflags(host_netns: str | None, max_endpoints: int = MAX_ENDPOINTS) -> list[s
         f"-DVPCNI_MAX_ENDPOINTS={max_endpoints}",
         f"-DVPCNI_MAX_VPC_CIDRS={MAX_VPC_CIDRS}",
         f"-DVPCNI_MAX_FLOWS={MAX_FLOWS}",
+        f"-DVPCNI_MAX_NAT={MAX_NAT}",
+        f"-DVPCNI_MAX_EXCLUDE_CIDRS={MAX_EXCLUDE_CIDRS}",
         "-Wno-unused-function",
     ]
 
@@ -140,39 +225,126 @@ def _ip_from_key(key: int) -> IPv4Address:
     return IPv4Address(key.to_bytes(4, "little"))
 
 
-class Programs:
-    """The compiled programs and their pinned maps for one node.
+def _port_key(port: int) -> int:
+    # __be16 read straight from packets, like addresses.
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
 
-    Raises whatever bcc raises (ImportError, compile errors) when BPF cannot be used; callers
-    fall back to kernel mode.
+
+C = ctypes
+
+
+class _EndpointC(C.Structure):
+    _fields_ = [("host_ifindex", C.c_uint32), ("eni_ifindex", C.c_uint32),
+                ("pod_mac", C.c_uint8 * 6), ("host_mac", C.c_uint8 * 6)]  # fmt: skip
+
+
+class _EniC(C.Structure):
+    _fields_ = [("gateway", C.c_uint32), ("mac", C.c_uint8 * 6), ("pad", C.c_uint8 * 2)]
+
+
+class _CountersC(C.Structure):
+    _fields_ = [(f.name, C.c_uint64) for f in fields(Counters)]
+
+
+class _VpcCidrC(C.Structure):
+    _fields_ = [("network", C.c_uint32), ("mask", C.c_uint32)]
+
+
+class _FlowC(C.Structure):
+    _fields_ = [("ip", C.c_uint32), ("port", C.c_uint16), ("proto", C.c_uint8),
+                ("pad", C.c_uint8)]  # fmt: skip
+
+
+class _NatKeyC(C.Structure):
+    _fields_ = [("remote", C.c_uint32), ("local", C.c_uint32), ("remote_port", C.c_uint16),
+                ("local_port", C.c_uint16), ("proto", C.c_uint8),
+                ("pad", C.c_uint8 * 3)]  # fmt: skip
+
+
+class _NatEntryC(C.Structure):
+    _fields_ = [("addr", C.c_uint32), ("port", C.c_uint16), ("closing", C.c_uint8),
+                ("pad", C.c_uint8), ("last_seen", C.c_uint64)]  # fmt: skip
+
+
+class _SnatConfigC(C.Structure):
+    _fields_ = [("node_ip", C.c_uint32), ("node_ifindex", C.c_uint32),
+                ("port_min", C.c_uint16), ("port_max", C.c_uint16),
+                *[(name, C.c_uint32) for name in ("randomize", "hash_secret", "tcp_timeout",
+                                                  "closing_timeout", "udp_timeout",
+                                                  "icmp_timeout")]]  # fmt: skip
+
+
+_U32 = C.c_uint32
+_U64 = C.c_uint64
+# Each pinned map: (pin name, key type, value type); value types are per CPU where the map is.
+MAPS: dict[str, tuple[str, type[Any], type[Any]]] = {
+    "endpoints": ("endpoints", _U32, _EndpointC),
+    "enis": ("enis", _U32, _EniC),
+    "counters": ("counters_v2", _U32, _CountersC),
+    "vpc_cidrs": ("vpc_cidrs", _U32, _VpcCidrC),
+    "kernel_flows": ("kernel_flows", _FlowC, C.c_uint8),
+    "nat_out": ("nat_out", _NatKeyC, _NatEntryC),
+    "nat_in": ("nat_in", _NatKeyC, _NatEntryC),
+    "snat_config": ("snat_config", _U32, _SnatConfigC),
+    "snat_exclude": ("snat_exclude", _U32, _VpcCidrC),
+    "snat_stats": ("snat_stats", _U32, _U64),
+}
+LOADER_TIMEOUT = 120.0
+
+
+def prog_pin(pin_dir_: str, hook: str) -> str:
+    """Where the loader pins a hook's program."""
+    return os.path.join(pin_dir_, "progs", hook)
+
+
+class Programs:
+    """The programs and their pinned maps for one node.
+
+    A short-lived child (`python -m datapath.bpf_loader`) compiles them with bcc, loads them,
+    pins the programs beside the maps and exits, so LLVM (~150 MB) never stays in the agent;
+    this object only opens the pins and speaks bpf(2). Raises when BPF cannot be used (bcc
+    missing, no kernel headers: the child's last error line); callers fall back to kernel mode.
     """
 
     def __init__(self, host_netns: str | None, *, max_endpoints: int = MAX_ENDPOINTS) -> None:
-        from bcc import BPF
-
         self.pin_dir = pin_dir(host_netns)
         self.max_endpoints = max_endpoints
         ensure_bpffs()
         os.makedirs(self.pin_dir, exist_ok=True)
-        self._bpf = BPF(text=source_text().encode(), cflags=cflags(host_netns, max_endpoints))
-        self._functions = {
-            hook: self._bpf.load_func(hook.encode(), BPF.SCHED_CLS) for hook in HOOKS
+        self.load_seconds = _run_loader(host_netns, max_endpoints)
+        self._prog_fds = {hook: bpf_sys.obj_get(prog_pin(self.pin_dir, hook)) for hook in HOOKS}
+        self._maps = {
+            name: bpf_sys.PinnedMap(os.path.join(self.pin_dir, pin), key, value)
+            for name, (pin, key, value) in MAPS.items()
         }
-        self._endpoints = self._bpf[b"endpoints"]
-        self._enis = self._bpf[b"enis"]
-        self._counters = self._bpf[b"counters"]
-        self._vpc_cidrs = self._bpf[b"vpc_cidrs"]
-        self._kernel_flows = self._bpf[b"kernel_flows"]
+        self._endpoints = self._maps["endpoints"]
+        self._enis = self._maps["enis"]
+        self._counters = self._maps["counters"]
+        self._vpc_cidrs = self._maps["vpc_cidrs"]
+        self._kernel_flows = self._maps["kernel_flows"]
+        self._nat_in = self._maps["nat_in"]
+        self._nat_out = self._maps["nat_out"]
+        self._snat_config = self._maps["snat_config"]
+        self._snat_exclude = self._maps["snat_exclude"]
+        self._snat_stats = self._maps["snat_stats"]
 
     def prog_fd(self, hook: str) -> int:
         """The loaded program's fd (bench/prog_cost.py runs it with BPF_PROG_TEST_RUN)."""
-        return int(self._functions[hook].fd)
+        return self._prog_fds[hook]
+
+    def close(self) -> None:
+        """Close the fds (pins, attached programs and map contents stay)."""
+        for fd in self._prog_fds.values():
+            os.close(fd)
+        for m in self._maps.values():
+            m.close()
+        self._prog_fds, self._maps = {}, {}
 
     # --- attach (the caller's IPRoute decides the netns) --------------------------------------
 
     def attach(self, ipr: Any, ifindex: int, hook: str) -> None:
-        """Put `hook` on the interface's tc ingress, replacing our previous filter in place."""
-        fn = self._functions[hook]
+        """Put `hook` on the interface's tc ingress or egress (HOOK_PARENT), replacing our
+        previous filter there in place."""
         try:
             ipr.tc("add", "clsact", ifindex)
         except NetlinkError as e:
@@ -184,9 +356,9 @@ class Programs:
             ifindex,
             handle=TC_HANDLE,
             prio=TC_PRIO,
-            fd=fn.fd,
-            name=fn.name.decode() if isinstance(fn.name, bytes) else fn.name,
-            parent=TC_INGRESS,
+            fd=self._prog_fds[hook],
+            name=hook,
+            parent=HOOK_PARENT[hook],
             classid=1,
             direct_action=True,
         )
@@ -201,10 +373,10 @@ class Programs:
                 raise
 
     @staticmethod
-    def attached(ipr: Any, ifindex: int) -> str | None:
-        """Name of the BPF program on the interface's ingress at our prio, if any."""
+    def attached(ipr: Any, ifindex: int, parent: str = TC_INGRESS) -> str | None:
+        """Name of the BPF program on the interface's ingress (or `parent`) at our prio."""
         try:
-            filters = ipr.get_filters(index=ifindex, parent=TC_INGRESS)
+            filters = ipr.get_filters(index=ifindex, parent=parent)
         except NetlinkError:
             return None
         for f in filters:
@@ -219,35 +391,30 @@ class Programs:
 
     def put_endpoint(self, ip: IPv4Address, ep: Endpoint) -> None:
         """Insert or update a pod's endpoint entry."""
-        leaf = self._endpoints.Leaf()
-        leaf.host_ifindex = ep.host_ifindex
-        leaf.eni_ifindex = ep.eni_ifindex
-        ctypes.memmove(leaf.pod_mac, _mac_bytes(ep.pod_mac), 6)
-        ctypes.memmove(leaf.host_mac, _mac_bytes(ep.host_mac), 6)
-        self._endpoints[self._endpoints.Key(_ip_key(ip))] = leaf
+        leaf = _EndpointC(host_ifindex=ep.host_ifindex, eni_ifindex=ep.eni_ifindex)
+        C.memmove(leaf.pod_mac, _mac_bytes(ep.pod_mac), 6)
+        C.memmove(leaf.host_mac, _mac_bytes(ep.host_mac), 6)
+        self._endpoints.put(_U32(_ip_key(ip)), leaf)
 
     def delete_endpoint(self, ip: IPv4Address) -> Endpoint | None:
         """Remove a pod's endpoint (and its counters); returns what was there."""
-        key = self._endpoints.Key(_ip_key(ip))
-        try:
-            leaf = self._endpoints[key]
-        except KeyError:
+        key = _U32(_ip_key(ip))
+        leaf = self._endpoints.get(key)
+        if leaf is None:
             return None
         ep = _endpoint(leaf)
-        self._delete(self._endpoints, key)
+        self._endpoints.delete(key)
         self.delete_counters(ep.host_ifindex)
         return ep
 
     def delete_counters(self, host_ifindex: int) -> None:
         """Forget a host veth's counters."""
-        self._delete(self._counters, self._counters.Key(host_ifindex))
+        self._counters.delete(_U32(host_ifindex))
 
     def endpoint(self, ip: IPv4Address) -> Endpoint | None:
         """The endpoint entry for a pod address, if any."""
-        try:
-            return _endpoint(self._endpoints[self._endpoints.Key(_ip_key(ip))])
-        except KeyError:
-            return None
+        leaf = self._endpoints.get(_U32(_ip_key(ip)))
+        return None if leaf is None else _endpoint(leaf)
 
     def endpoints(self) -> dict[IPv4Address, Endpoint]:
         """Every endpoint entry."""
@@ -255,14 +422,13 @@ class Programs:
 
     def put_eni(self, ifindex: int, eni: Eni) -> None:
         """Insert or update an ENI entry."""
-        leaf = self._enis.Leaf()
-        leaf.gateway = _ip_key(eni.gateway)
-        ctypes.memmove(leaf.mac, _mac_bytes(eni.mac), 6)
-        self._enis[self._enis.Key(ifindex)] = leaf
+        leaf = _EniC(gateway=_ip_key(eni.gateway))
+        C.memmove(leaf.mac, _mac_bytes(eni.mac), 6)
+        self._enis.put(_U32(ifindex), leaf)
 
     def delete_eni(self, ifindex: int) -> None:
         """Remove an ENI entry; fine if absent."""
-        self._delete(self._enis, self._enis.Key(ifindex))
+        self._enis.delete(_U32(ifindex))
 
     def enis(self) -> dict[int, Eni]:
         """Every ENI entry by ifindex."""
@@ -282,38 +448,114 @@ class Programs:
 
     def set_vpc_cidrs(self, cidrs: Sequence[IPv4Network]) -> list[IPv4Network]:
         """Fill the VPC CIDR slots (the rest emptied); returns the CIDRs that found no slot."""
-        slots = [VpcCidr(c.network_address, c.netmask) for c in cidrs[:MAX_VPC_CIDRS]]
-        for slot in range(MAX_VPC_CIDRS):
-            leaf = self._vpc_cidrs.Leaf()  # zero: an empty slot ends the list
-            if slot < len(slots):
-                leaf.network = _ip_key(slots[slot].network)
-                leaf.mask = _ip_key(slots[slot].mask)
-            self._vpc_cidrs[self._vpc_cidrs.Key(slot)] = leaf
+        self._fill_cidrs(self._vpc_cidrs, cidrs[:MAX_VPC_CIDRS], MAX_VPC_CIDRS)
         return list(cidrs[MAX_VPC_CIDRS:])
 
     def vpc_cidrs(self) -> list[IPv4Network]:
         """The VPC CIDRs the programs use, in slot order."""
         out = []
         for slot in range(MAX_VPC_CIDRS):
-            leaf = self._vpc_cidrs[self._vpc_cidrs.Key(slot)]
-            if not leaf.mask:
+            leaf = self._vpc_cidrs.get(_U32(slot))
+            if leaf is None or not leaf.mask:
                 break
             mask = _ip_from_key(leaf.mask)
             out.append(IPv4Network(f"{_ip_from_key(leaf.network)}/{mask}"))
         return out
 
+    @staticmethod
+    def _fill_cidrs(table: bpf_sys.PinnedMap, cidrs: Sequence[IPv4Network], slots: int) -> None:
+        for slot in range(slots):
+            leaf = _VpcCidrC()  # zero: an empty slot ends the list
+            if slot < len(cidrs):
+                leaf.network = _ip_key(cidrs[slot].network_address)
+                leaf.mask = _ip_key(cidrs[slot].netmask)
+            table.put(_U32(slot), leaf)
+
     def kernel_flow(self, flow: Flow) -> bool:
         """Whether the flow is one the programs hand to the kernel."""
-        key = self._kernel_flows.Key()
-        key.ip = _ip_key(flow.ip)
-        key.port = int.from_bytes(flow.port.to_bytes(2, "big"), "little")
-        key.proto = flow.proto
-        return key in self._kernel_flows
+        key = _FlowC(ip=_ip_key(flow.ip), port=_port_key(flow.port), proto=flow.proto)
+        return self._kernel_flows.get(key) is not None
 
-    @staticmethod
-    def _delete(table: Any, key: Any) -> None:
-        with contextlib.suppress(KeyError):
-            del table[key]
+    # --- SNAT ---------------------------------------------------------------------------------
+
+    def set_snat(self, config: SnatConfig | None) -> None:
+        """Write the SNAT configuration the programs read; None turns SNAT off."""
+        leaf = _SnatConfigC()  # zero: off
+        if config is not None:
+            for f in fields(SnatConfig):
+                value = getattr(config, f.name)
+                setattr(leaf, f.name, _ip_key(value) if f.name == "node_ip" else int(value))
+        self._snat_config.put(_U32(0), leaf)
+
+    def snat_config(self) -> SnatConfig | None:
+        """The SNAT configuration in the map, or None when SNAT is off."""
+        leaf = self._snat_config.get(_U32(0))
+        if leaf is None or not leaf.node_ip:
+            return None
+        values: dict[str, Any] = {f.name: int(getattr(leaf, f.name)) for f in fields(SnatConfig)}
+        values["node_ip"] = _ip_from_key(leaf.node_ip)
+        values["randomize"] = Randomize(values["randomize"])
+        return SnatConfig(**values)
+
+    def set_snat_exclude(self, cidrs: Sequence[IPv4Network]) -> None:
+        """Fill the excluded-CIDR slots (the caller checks there are at most MAX_EXCLUDE_CIDRS)."""
+        if len(cidrs) > MAX_EXCLUDE_CIDRS:
+            raise ValueError(f"at most {MAX_EXCLUDE_CIDRS} SNAT exclusions, got {len(cidrs)}")
+        self._fill_cidrs(self._snat_exclude, cidrs, MAX_EXCLUDE_CIDRS)
+
+    def snat_stats(self) -> dict[str, int]:
+        """SNAT counters by reason, summed over CPUs."""
+        out = {}
+        for stat in SnatStat:
+            per_cpu = self._snat_stats.get(_U32(stat.value))
+            out[stat.name.lower()] = int(sum(per_cpu)) if per_cpu is not None else 0
+        return out
+
+    def nat_entries(self, direction: str = "in") -> dict[NatKey, NatEntry]:
+        """Every SNAT entry of nat_in (claims, the reply's view) or nat_out (the pod's view)."""
+        table = self._nat_in if direction == "in" else self._nat_out
+        return {
+            NatKey(
+                remote=_ip_from_key(k.remote),
+                local=_ip_from_key(k.local),
+                remote_port=_port_key(k.remote_port),
+                local_port=_port_key(k.local_port),
+                proto=int(k.proto),
+            ): NatEntry(
+                addr=_ip_from_key(v.addr),
+                port=_port_key(v.port),
+                closing=bool(v.closing),
+                last_seen=int(v.last_seen),
+            )
+            for k, v in table.items()
+        }
+
+    def nat_flow_count(self) -> int:
+        """Claims in nat_in: SNATed flows (live or idle, until reclaimed or evicted)."""
+        return len(self._nat_in)
+
+
+def _run_loader(host_netns: str | None, max_endpoints: int) -> float:
+    """Compile, load and pin in a child; seconds it took. Raises with the child's last error
+    line (e.g. bcc's "Failed to compile BPF module") when it fails."""
+    started = time.monotonic()
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "datapath.bpf_loader", host_netns or "", str(max_endpoints)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=LOADER_TIMEOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else f"bpf loader exited {done.returncode}")
+    return time.monotonic() - started
 
 
 def _endpoint(leaf: Any) -> Endpoint:

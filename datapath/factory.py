@@ -10,7 +10,7 @@ from ipaddress import IPv4Network
 
 from datapath.bpf import MAX_ENDPOINTS, Programs
 from datapath.modes import BpfDatapath, KernelDatapath
-from datapath.port import Datapath, NoDatapath
+from datapath.port import Datapath, NoDatapath, SnatPolicy
 
 log = logging.getLogger(__name__)
 MODES = ("bpf", "kernel", "none")
@@ -24,11 +24,13 @@ async def make_datapath(
     mtu: int = 9001,
     workers: int = 4,
     max_endpoints: int = MAX_ENDPOINTS,
+    snat: SnatPolicy | None = None,
 ) -> Datapath:
     """The datapath for `mode` ("bpf", "kernel" or "none"); `mtu` is the ENI MTU
     (AWS_VPC_ENI_MTU), set on secondary ENIs as the VPC CNI does. `vpc_cidrs` (IMDS) is
     where BPF mode redirects past the host's stack; the rest goes through the kernel, so
-    kube-proxy's Service DNAT applies.
+    kube-proxy's Service DNAT applies. `snat` (BPF mode): SNAT of pods' traffic to the world,
+    aws-node's default when None.
 
     "bpf" compiles the programs here (once per agent start, ~0.4 s, on a thread); when bcc is
     missing or cannot compile (no kernel headers) it logs why and returns kernel mode, whose
@@ -49,7 +51,12 @@ async def make_datapath(
             host_netns=host_netns, eni_mtu=mtu, workers=workers, fallback_reason=reason
         )
     return BpfDatapath(
-        programs, vpc_cidrs=vpc_cidrs, host_netns=host_netns, eni_mtu=mtu, workers=workers
+        programs,
+        vpc_cidrs=vpc_cidrs,
+        host_netns=host_netns,
+        eni_mtu=mtu,
+        workers=workers,
+        snat=snat,
     )
 
 

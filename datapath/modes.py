@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -16,8 +17,21 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
 
 from datapath import rtnl
-from datapath.bpf import TC_HANDLE, TC_INGRESS, TC_PRIO, Counters, Endpoint, Eni, Programs
-from datapath.port import DatapathError, EniLink, PodNetwork, WiredAddress, WiredPod
+from datapath.bpf import (
+    MAX_NAT,
+    TC_EGRESS,
+    TC_HANDLE,
+    TC_INGRESS,
+    TC_PRIO,
+    Counters,
+    Endpoint,
+    Eni,
+    Programs,
+    Randomize,
+    SnatConfig,
+)
+from datapath.forward_rules import detect as detect_forward_rules
+from datapath.port import DatapathError, EniLink, PodNetwork, SnatPolicy, WiredAddress, WiredPod
 from datapath.wiring import (
     EniDevice,
     Wiring,
@@ -197,7 +211,10 @@ class BpfDatapath(_NodeDatapath):
 
     Traffic inside `vpc_cidrs` is redirected past the host's stack; everything else (Service
     ClusterIPs, the internet) goes through the kernel, with the same routes and rules as
-    kernel mode, so that kube-proxy's DNAT and conntrack see both directions.
+    kernel mode, so that kube-proxy's DNAT and conntrack see both directions. A pod's packet
+    the kernel then sends towards the world is SNATed to the primary ENI's primary IP on its
+    way out of the ENI (to_eni, unless `snat.external`), and replies are translated back on
+    the way in (from_eni).
     """
 
     mode = "bpf"
@@ -211,11 +228,15 @@ class BpfDatapath(_NodeDatapath):
         eni_mtu: int = 9001,
         workers: int = 4,
         eni_wait: float = ENI_WAIT,
+        snat: SnatPolicy | None = None,
     ) -> None:
         super().__init__(host_netns=host_netns, eni_mtu=eni_mtu, workers=workers, eni_wait=eni_wait)
         self.programs = programs
         self.vpc_cidrs = tuple(vpc_cidrs)
+        self.snat = snat or SnatPolicy()
         self._attached: dict[str, str] = {}
+        self._egress: dict[str, str] = {}
+        self.policy_bypass: list[str] = []
         self._eni_links: dict[int, EniLink] = {}  # by ifindex, as endpoints name them
 
     async def start(self, enis: Sequence[EniLink]) -> None:
@@ -228,6 +249,16 @@ class BpfDatapath(_NodeDatapath):
         unplaced = await self._run(self.programs.set_vpc_cidrs, self.vpc_cidrs)
         if unplaced:
             log.warning("VPC CIDRs %s take the kernel path (no slot left)", unplaced)
+        await self._run(self._start_snat)
+        self.policy_bypass = await self._run(detect_forward_rules, self.host_netns)
+        if self.policy_bypass:
+            log.warning(
+                "BPF mode bypasses %d netfilter FORWARD rule(s) of this node for pod-to-pod and "
+                "pod-to-VPC traffic (a NetworkPolicy engine?): %s. Run --datapath kernel "
+                "(VPCNI_DATAPATH=kernel) to keep them in force",
+                len(self.policy_bypass),
+                "; ".join(self.policy_bypass),
+            )
         await super().start(enis)
         await self._run(self._adopt_endpoints)
 
@@ -236,11 +267,13 @@ class BpfDatapath(_NodeDatapath):
             for ip, ep in self.programs.endpoints().items():
                 if link_exists(ipr, ep.host_ifindex):
                     self.programs.attach(ipr, ep.host_ifindex, "from_pod")
+                    self.programs.attach(ipr, ep.host_ifindex, "to_pod")
                     eni = self._eni_links.get(ep.eni_ifindex)
                     if eni is not None:
                         add_pod_rules(ipr, ip, eni)
                     name = ipr.link("get", index=ep.host_ifindex)[0].get("IFLA_IFNAME")
                     self._attached[str(name)] = "from_pod"
+                    self._egress[str(name)] = "to_pod"
                 else:
                     log.info("dropping endpoint %s: host veth %d is gone", ip, ep.host_ifindex)
                     self.programs.delete_endpoint(ip)
@@ -248,13 +281,50 @@ class BpfDatapath(_NodeDatapath):
                 if not link_exists(ipr, ifindex):
                     self.programs.delete_counters(ifindex)
 
+    def _start_snat(self) -> None:
+        # Off until the primary ENI is set up (its address and ifindex are the config); the
+        # pinned NAT entries stay, so flows survive a restart.
+        policy = self.snat
+        if policy.external:
+            self.programs.set_snat(None)
+            self.programs.set_snat_exclude([])
+            return
+        for warning in self._wiring.reserve_local_ports(policy.port_min, policy.port_max):
+            log.warning(warning)
+        self.programs.set_snat_exclude(policy.exclude)
+
+    def _enable_snat(self, eni: EniLink, device: EniDevice) -> None:
+        policy = self.snat
+        old = self.programs.snat_config()
+        self.programs.set_snat(
+            SnatConfig(
+                node_ip=eni.primary_ip,
+                node_ifindex=device.ifindex,
+                port_min=policy.port_min,
+                port_max=policy.port_max,
+                randomize={"prng": Randomize.PRNG, "hashrandom": Randomize.HASH}.get(
+                    policy.randomize, Randomize.SEQUENTIAL
+                ),
+                # Kept across restarts: the same flows hash to the same first port.
+                hash_secret=old.hash_secret if old else secrets.randbits(32),
+                tcp_timeout=policy.tcp_timeout,
+                closing_timeout=policy.closing_timeout,
+                udp_timeout=policy.udp_timeout,
+                icmp_timeout=policy.icmp_timeout,
+            )
+        )
+
     def _add_eni(self, eni: EniLink) -> EniDevice:
         device = super()._add_eni(eni)
         self.programs.put_eni(device.ifindex, Eni(gateway=device.gateway, mac=eni.mac))
         self._eni_links[device.ifindex] = eni
+        if eni.primary and not self.snat.external:
+            self._enable_snat(eni, device)
         with netlink(self.host_netns) as ipr:
             self.programs.attach(ipr, device.ifindex, "from_eni")
+            self.programs.attach(ipr, device.ifindex, "to_eni")
         self._attached[device.ifname] = "from_eni"
+        self._egress[device.ifname] = "to_eni"
         return device
 
     def _remove_eni(self, eni: EniLink) -> None:
@@ -266,6 +336,7 @@ class BpfDatapath(_NodeDatapath):
                 if link_exists(ipr, device.ifindex):
                     self.programs.detach(ipr, device.ifindex)
             self._attached.pop(device.ifname, None)
+            self._egress.pop(device.ifname, None)
         super()._remove_eni(eni)
 
     async def wire(self, pod: PodNetwork) -> WiredPod:
@@ -284,23 +355,25 @@ class BpfDatapath(_NodeDatapath):
                 host_mac=wired.host_mac,
             )
             self.programs.put_endpoint(pod.ip, endpoint)
-            # What Programs.attach does, as two requests of the pod's last batch.
+            # What Programs.attach does, as requests of the pod's last batch: from_pod on
+            # ingress, to_pod on egress.
             batch.add(
                 "clsact", rtnl.RTM_NEWQDISC, _CREATE, rtnl.clsact(host_ifindex), ignore=(EEXIST,)
             )
-            batch.add(
-                "from_pod filter",
-                rtnl.RTM_NEWTFILTER,
-                rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,
-                rtnl.bpf_filter(
-                    host_ifindex,
-                    parent=int(TC_INGRESS.replace(":", ""), 16),
-                    handle=TC_HANDLE,
-                    prio=TC_PRIO,
-                    fd=self.programs.prog_fd("from_pod"),
-                    name="from_pod",
-                ),
-            )
+            for hook, parent in (("from_pod", TC_INGRESS), ("to_pod", TC_EGRESS)):
+                batch.add(
+                    f"{hook} filter",
+                    rtnl.RTM_NEWTFILTER,
+                    rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,
+                    rtnl.bpf_filter(
+                        host_ifindex,
+                        parent=int(parent.replace(":", ""), 16),
+                        handle=TC_HANDLE,
+                        prio=TC_PRIO,
+                        fd=self.programs.prog_fd(hook),
+                        name=hook,
+                    ),
+                )
 
         try:
             wired = self._wiring.wire_pod(pod, strict_rp_filter=False, finish=finish)
@@ -308,6 +381,7 @@ class BpfDatapath(_NodeDatapath):
             self._forget_endpoint(pod)
             raise
         self._attached[wired.host_veth] = "from_pod"
+        self._egress[wired.host_veth] = "to_pod"
         return wired
 
     def _wired_addresses(self) -> list[WiredAddress]:
@@ -343,8 +417,9 @@ class BpfDatapath(_NodeDatapath):
         def cleanup(host_ifindex: int | None) -> None:
             self._cleanup(pod, host_ifindex)
             if host_ifindex is not None:
-                self._attached.pop(host_veth_name(pod), None)
-                self._attached.pop(legacy_host_veth_name(pod), None)
+                for name in (host_veth_name(pod), legacy_host_veth_name(pod)):
+                    self._attached.pop(name, None)
+                    self._egress.pop(name, None)
 
         self._wiring.unwire_pod(pod, cleanup=cleanup)
 
@@ -353,8 +428,11 @@ class BpfDatapath(_NodeDatapath):
         ep = self.programs.endpoint(pod.ip)
         if ep is None:
             return [*problems, f"no endpoint entry for {pod.ip}"]
-        if self.programs.attached(self._wiring.host_ipr(), ep.host_ifindex) != "from_pod":
+        ipr = self._wiring.host_ipr()
+        if self.programs.attached(ipr, ep.host_ifindex) != "from_pod":
             problems.append(f"from_pod is not attached to ifindex {ep.host_ifindex}")
+        if self.programs.attached(ipr, ep.host_ifindex, TC_EGRESS) != "to_pod":
+            problems.append(f"to_pod is not attached to ifindex {ep.host_ifindex}")
         return problems
 
     def status(self) -> Mapping[str, Any]:
@@ -376,13 +454,47 @@ class BpfDatapath(_NodeDatapath):
             "pin_dir": self.programs.pin_dir,
             "vpc_cidrs": [str(c) for c in self.programs.vpc_cidrs()],
             "programs": dict(sorted(self._attached.items())),
+            "egress_programs": dict(sorted(self._egress.items())),
             "enis": self._eni_status(),
             "veths_being_deleted": self._wiring.reaping(),
             "pods": pods,
+            "snat": self._snat_status(),
+            "policy_bypass": {
+                "rules": self.policy_bypass,
+                "advice": "--datapath kernel keeps netfilter FORWARD rules in force"
+                if self.policy_bypass
+                else None,
+            },
             "maps": {
                 "endpoints": len(endpoints),
                 "enis": len(enis),
                 "counters": len(counters),
                 "max_endpoints": self.programs.max_endpoints,
             },
+        }
+
+    async def close(self) -> None:
+        """Stop the worker threads and close the programs' fds; pods keep working."""
+        await super().close()
+        self.programs.close()
+
+    def _snat_status(self) -> dict[str, Any]:
+        config = self.programs.snat_config()
+        policy = self.snat
+        return {
+            "enabled": config is not None,
+            "external": policy.external,
+            "node_ip": str(config.node_ip) if config else None,
+            "ports": f"{policy.port_min}-{policy.port_max}",
+            "randomize": policy.randomize,
+            "exclude": [str(c) for c in policy.exclude],
+            "timeouts": {
+                "tcp": policy.tcp_timeout,
+                "tcp_closing": policy.closing_timeout,
+                "udp": policy.udp_timeout,
+                "icmp": policy.icmp_timeout,
+            },
+            "flows": self.programs.nat_flow_count(),
+            "max_flows": MAX_NAT,
+            "counters": self.programs.snat_stats(),
         }

@@ -26,6 +26,33 @@ class EniLink:
     subnet_cidr: IPv4Network
 
 
+# AWS_VPC_K8S_CNI_RANDOMIZESNAT values, as aws-node documents them: --random-fully, --random,
+# no flag.
+RANDOMIZE_SNAT = ("prng", "hashrandom", "none")
+# Slots for AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS in the programs' map.
+MAX_SNAT_EXCLUDE = 16
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnatPolicy:
+    """SNAT of pods' traffic to the world (BPF mode): the VPC CNI's settings plus the engine's
+    own bounds. `external` (AWS_VPC_K8S_CNI_EXTERNALSNAT=true) turns it off."""
+
+    external: bool = False
+    exclude: tuple[IPv4Network, ...] = ()  # AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS
+    randomize: str = "prng"  # AWS_VPC_K8S_CNI_RANDOMIZESNAT
+    # NAT source ports: above the default ip_local_port_range (32768-60999), and reserved in
+    # ip_local_reserved_ports at start, so the node's own sockets never get them from the
+    # kernel.
+    port_min: int = 61000
+    port_max: int = 65535
+    # Seconds idle before a flow's port may go to another flow.
+    tcp_timeout: int = 21600
+    closing_timeout: int = 10  # after a TCP FIN or RST
+    udp_timeout: int = 60
+    icmp_timeout: int = 30
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PodNetwork:
     """Everything needed to wire (or check, or unwire) one pod attachment."""

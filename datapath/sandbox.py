@@ -7,6 +7,9 @@
                                     to-ethN: the subnet gateway (.1/32), routes + permanent
                                     neighbours for the ENI's primary IP and its pods' IPs,
                                     lo: the "remote VPC host" address
+                                    default route → the internet (when `internet_up()`):
+                                        └── veth ── NAME-inet (a host on the internet)
+                                                    lo: INTERNET_HOST, outside any VPC CIDR
 ```
 The VPC side never ARPs for pod addresses, just as the real VPC fabric delivers to the ENI that
 owns an address. Nothing is configured in the caller's (root) netns.
@@ -30,6 +33,11 @@ from datapath.port import DatapathError, EniLink
 from datapath.wiring import entered, netlink, netns_path, subnet_gateway
 
 DEFAULT_REMOTE_HOST = IPv4Address("10.255.255.254")
+# Beyond the VPC router, outside the VPC (TEST-NET-3): where SNAT shows.
+INTERNET_HOST = IPv4Address("203.0.113.10")
+# The link between the VPC router and the internet host (TEST-NET-1 /30).
+_INET_ROUTER = IPv4Address("192.0.2.1")
+_INET_PEER = IPv4Address("192.0.2.2")
 ENI_MTU = 9001
 _NUD_PERMANENT = 0x80
 _SCOPE_LINK = 253
@@ -55,7 +63,9 @@ class Sandbox:
     def __init__(self, name: str, *, remote_host_ip: IPv4Address = DEFAULT_REMOTE_HOST) -> None:
         self.name = name
         self.vpc_netns = f"{name}-vpc"
+        self.inet_netns = f"{name}-inet"
         self.remote_host_ip = remote_host_ip
+        self.internet_host_ip = INTERNET_HOST
 
     def exists(self) -> bool:
         """Whether the host netns is there."""
@@ -83,9 +93,50 @@ class Sandbox:
                 prefixlen=32,
             )
 
+    def internet_up(self) -> None:
+        """Put a host on the internet behind the VPC router: netns NAME-inet with
+        INTERNET_HOST, the VPC router's default route pointing at it. It routes the whole
+        VPC back, so it answers whatever source it sees (a missing SNAT shows as the pod's
+        address, not as silence)."""
+        self._require_up()
+        if not os.path.exists(netns_path(self.inet_netns)):
+            _create_netns(self.inet_netns)
+        with entered(self.inet_netns):
+            _sysctl("net/ipv6/conf/default/disable_ipv6", "1")
+            _sysctl("net/ipv6/conf/all/disable_ipv6", "1")
+        with netlink(self.vpc_netns) as vpc:
+            if not vpc.link_lookup(ifname="to-inet"):
+                inet_fd = os.open(netns_path(self.inet_netns), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    vpc.link(
+                        "add",
+                        ifname="to-inet",
+                        kind="veth",
+                        mtu=ENI_MTU,
+                        peer={"ifname": "inet0", "net_ns_fd": inet_fd, "mtu": ENI_MTU},
+                    )
+                finally:
+                    os.close(inet_fd)
+            index = vpc.link_lookup(ifname="to-inet")[0]
+            vpc.link("set", index=index, state="up")
+            vpc.addr("replace", index=index, address=str(_INET_ROUTER), prefixlen=30)
+            vpc.route("replace", dst="0.0.0.0/0", gateway=str(_INET_PEER))
+        with netlink(self.inet_netns) as inet:
+            index = inet.link_lookup(ifname="inet0")[0]
+            inet.link("set", index=index, state="up")
+            inet.link("set", index=inet.link_lookup(ifname="lo")[0], state="up")
+            inet.addr("replace", index=index, address=str(_INET_PEER), prefixlen=30)
+            inet.addr(
+                "replace",
+                index=inet.link_lookup(ifname="lo")[0],
+                address=str(self.internet_host_ip),
+                prefixlen=32,
+            )
+            inet.route("replace", dst="0.0.0.0/0", gateway=str(_INET_ROUTER))
+
     def down(self) -> None:
-        """Remove both namespaces (their interfaces, pod veths' host ends) and the BPF pins."""
-        for ns in (self.vpc_netns, self.name):
+        """Remove the namespaces (their interfaces, pod veths' host ends) and the BPF pins."""
+        for ns in (self.inet_netns, self.vpc_netns, self.name):
             if os.path.exists(netns_path(ns)):
                 pyroute2_netns.remove(ns)
         shutil.rmtree(pin_dir(self.name), ignore_errors=True)

@@ -238,6 +238,24 @@ class Wiring:
         with entered(self.host_netns), open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1\n")
 
+    def reserve_local_ports(self, lo: int, hi: int) -> list[str]:
+        """Add lo-hi to the host netns's ip_local_reserved_ports (kept with what is there), so
+        the kernel never gives those ports to the node's own sockets; returns warnings (the
+        range overlapping ip_local_port_range, which the reservation then carves out of)."""
+        sysctl = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+        with entered(self.host_netns):
+            with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+                first, last = (int(x) for x in f.read().split())
+            with open(sysctl) as f:
+                reserved = [r for r in f.read().strip().split(",") if r]
+            wanted = f"{lo}-{hi}"
+            if wanted not in reserved:
+                with open(sysctl, "w") as f:
+                    f.write(",".join([*reserved, wanted]) + "\n")
+        if lo <= last and first <= hi:
+            return [f"SNAT ports {lo}-{hi} overlap ip_local_port_range {first}-{last}"]
+        return []
+
     def setup_eni(self, eni: EniLink, *, wait: float = 0.0) -> EniDevice:
         """Bring an ENI up and give a secondary ENI its own route table, like the VPC CNI.
 

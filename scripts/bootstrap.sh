@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian machine for vpcni: the venv with Python deps and, as root, the Debian
 # packages the datapath needs (bcc from Debian, never PyPI), go and libcni's source for
-# tests/test_libcni.py, plus the two bcc workarounds from
+# tests/test_libcni.py, containerd + runc + the reference CNI plugins and gcc (a static pause
+# binary) for the CRI tests (tests/containerd_runtime.py), iperf3 and sockperf for the traffic
+# and SNAT benchmarks, plus the two bcc workarounds from
 # ../shared/ENVIRONMENT.md (kernel headers symlink, bcc linked into the venv).
 # Idempotent and quiet: re-running only checks.
 set -euo pipefail
@@ -9,7 +11,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 DEB_PKGS="python3-bpfcc libbpfcc linux-headers-amd64 iproute2 iptables nftables tcpdump iputils-ping
-  golang-go golang-github-appc-cni-dev containernetworking-plugins"
+  golang-go golang-github-appc-cni-dev containerd runc containernetworking-plugins gcc libc6-dev
+  iperf3 sockperf"
 
 if [ "$(id -u)" = 0 ]; then
   missing=""

@@ -20,3 +20,6 @@ def sock_dir() -> Iterator[Path]:
 
 # The agent-as-a-subprocess fixtures (`plugin`, `start_agent`) for every e2e module.
 pytest_plugins = ["tests.agent_harness"]
+
+# A real containerd in temp dirs and the locally built pause image (`start_containerd`).
+pytest_plugins += ["tests.containerd_runtime"]

@@ -356,6 +356,9 @@ async def test_introspection_shapes(api: Api) -> None:
     status, env = await api.get("/v1/networkutils-env-settings")
     assert status == 200
     assert env["AWS_VPC_ENI_MTU"] == 9001 and env["AWS_VPC_K8S_CNI_VETHPREFIX"] == "eni"
+    # No datapath here, so no SNAT on the node, whatever the env says: what is in force.
+    assert env["AWS_VPC_K8S_CNI_EXTERNALSNAT"] is True
+    assert env["AWS_VPC_K8S_CNI_RANDOMIZESNAT"] == "prng"
 
     status, root = await api.get("/")
     assert status == 200
@@ -574,3 +577,19 @@ def test_go_time_is_rfc3339_utc() -> None:
     assert introspection.go_time(None) == "0001-01-01T00:00:00Z"
     assert introspection.go_time(0) == "1970-01-01T00:00:00Z"
     assert introspection.go_time(1.25) == "1970-01-01T00:00:01.25Z"
+
+
+def test_networkutils_shows_the_snat_settings_in_force_in_bpf_mode() -> None:
+    from types import SimpleNamespace
+
+    from agent.settings import load
+
+    settings = load([], {"AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS": "192.168.0.5/16,bad",
+                         "AWS_VPC_K8S_CNI_RANDOMIZESNAT": "hashrandom"})  # fmt: skip
+    node: Any = SimpleNamespace(settings=settings, datapath=SimpleNamespace(mode="bpf"))
+    env = introspection.networkutils_env(node)
+    assert env["AWS_VPC_K8S_CNI_EXTERNALSNAT"] is False
+    assert env["AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS"] == ["192.168.0.0/16"]  # as parsed
+    assert env["AWS_VPC_K8S_CNI_RANDOMIZESNAT"] == "hashrandom"
+    node.datapath.mode = "kernel"  # no SNAT there, whatever the env says
+    assert introspection.networkutils_env(node)["AWS_VPC_K8S_CNI_EXTERNALSNAT"] is True

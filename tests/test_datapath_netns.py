@@ -599,6 +599,81 @@ async def test_node_port_without_snat_reaches_a_local_pod(datapath: Datapath, no
         assert datapath.status()["pods"][str(server.ip)]["kernel_path"] >= 3
 
 
+# --- Anti-spoofing with headers outside the linear skb area ----------------------------------
+
+# A UDP datagram with a forged source sent through AF_PACKET with PACKET_VNET_HDR and hdr_len 0:
+# over a page long, the kernel keeps only the Ethernet header linear (packet_alloc_skb) and the
+# IP header lands in a page fragment, where a bounds check against data_end cannot see it.
+VNET_SENDER = """
+import socket, struct, sys
+src, dst, dst_mac, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+PACKET_VNET_HDR = 15
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.setsockopt(263, PACKET_VNET_HDR, 1)  # SOL_PACKET
+s.bind(("eth0", 0))
+payload = b"x" * 6000
+udp = struct.pack("!HHHH", 40000, 9999, 8 + len(payload), 0) + payload  # checksum 0: none
+total = 20 + len(udp)
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, 17, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+words = struct.unpack("!10H", ip)
+csum = sum(words)
+csum = (csum & 0xFFFF) + (csum >> 16)
+csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+ip = ip[:10] + struct.pack("!H", csum) + ip[12:]
+eth = bytes.fromhex(dst_mac.replace(":", "")) + s.getsockname()[4] + b"\\x08\\x00"
+vnet = bytes(10)  # flags, gso_type NONE, hdr_len 0, gso_size, csum_start, csum_offset
+for _ in range(count):
+    s.send(vnet + eth + ip + udp)
+"""
+# Counts datagrams to port 9999 from `src` for a second after "ready".
+UDP_SINK = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9999))
+s.settimeout(0.2)
+print("ready", flush=True)
+sys.stdin.readline()
+seen, end = 0, time.monotonic() + 1.0
+while time.monotonic() < end:
+    try:
+        data, peer = s.recvfrom(65536)
+    except TimeoutError:
+        continue
+    seen += peer[0] == sys.argv[1]
+print(seen, flush=True)
+"""
+
+
+async def test_forged_source_with_headers_outside_the_linear_area_is_dropped(
+    datapath: Datapath, node: Node
+) -> None:
+    pod = node.pod("v", "10.0.0.135")
+    wired = await datapath.wire(pod)
+    await asyncio.to_thread(node.box.route_pod, pod.ip, pod.eni)
+    forged, target = "10.0.0.98", str(node.box.remote_host_ip)
+    sink = subprocess.Popen(
+        ["ip", "netns", "exec", node.box.vpc_netns, sys.executable, "-c", UDP_SINK, forged],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sink.stdout is not None and sink.stdin is not None
+        assert sink.stdout.readline().strip() == "ready"
+        sender = [sys.executable, "-c", VNET_SENDER, forged, target, wired.host_mac, "5"]
+        subprocess.run(["ip", "netns", "exec", netns_name(pod), *sender], check=True)
+        sink.stdin.write("go\n")
+        sink.stdin.flush()
+        received = int(sink.stdout.readline())
+    finally:
+        sink.kill()
+        sink.wait()
+    assert received == 0
+    if datapath.mode == "bpf":
+        assert datapath.status()["pods"][str(pod.ip)]["spoof_drops"] >= 5
+
+
 @pytest.mark.parametrize("restart", [False, True])
 async def test_wired_addresses_are_found_without_the_checkpoint(
     datapath: Datapath, node: Node, restart: bool

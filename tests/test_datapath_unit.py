@@ -24,7 +24,12 @@ from datapath.wiring import (
     subnet_gateway,
 )
 
-HEADER = re.sub(r"/\*.*?\*/", "", (bpf.SOURCE_DIR / "vpcni.h").read_text(), flags=re.S)
+HEADER = re.sub(
+    r"/\*.*?\*/",
+    "",
+    "\n".join((bpf.SOURCE_DIR / name).read_text() for name in bpf.HEADERS),
+    flags=re.S,
+)
 ENI = EniLink(
     eni_id="eni-1",
     device_number=2,
@@ -89,10 +94,25 @@ def _struct_fields(name: str) -> list[str]:
         ("counters", bpf.Counters),
         ("vpc_cidr", bpf.VpcCidr),
         ("flow", bpf.Flow),
+        ("nat_key", bpf.NatKey),
+        ("nat_entry", bpf.NatEntry),
+        ("snat_config", bpf.SnatConfig),
     ],
 )
 def test_python_mirrors_the_c_structs(c_name: str, mirror: type) -> None:
     assert _struct_fields(c_name) == [f.name for f in fields(mirror)]
+
+
+@pytest.mark.parametrize(
+    ("c_enum", "prefix", "mirror"),
+    [("snat_stat", "SNAT_", bpf.SnatStat), ("snat_randomize", "SNAT_", bpf.Randomize)],
+)
+def test_python_mirrors_the_c_enums(c_enum: str, prefix: str, mirror: type) -> None:
+    body = re.search(rf"enum {c_enum} \{{(.*?)\}};", HEADER, re.S)
+    assert body is not None
+    names = re.findall(rf"{prefix}(\w+)", body.group(1))
+    names = [n for n in names if n != "STATS"]  # the count, not a reason
+    assert names == [m.name for m in mirror]  # type: ignore[attr-defined]
 
 
 def test_verdicts_mirror_the_header_and_tc() -> None:
@@ -160,6 +180,29 @@ async def test_factory_modes() -> None:
     await kernel.close()
     with pytest.raises(ValueError, match="unknown datapath mode"):
         await make_datapath("ebpf", host_netns=None, vpc_cidrs=[])
+
+
+@pytest.mark.parametrize(
+    ("c_name", "map_name"),
+    [
+        ("endpoint", "endpoints"),
+        ("eni", "enis"),
+        ("counters", "counters"),
+        ("vpc_cidr", "vpc_cidrs"),
+        ("nat_entry", "nat_in"),
+        ("snat_config", "snat_config"),
+    ],
+)
+def test_ctypes_layouts_mirror_the_c_structs(c_name: str, map_name: str) -> None:
+    value_type = bpf.MAPS[map_name][2]
+    names = [name for name, *_ in value_type._fields_ if name != "pad"]
+    assert names == _struct_fields(c_name)
+
+
+def test_ctypes_keys_mirror_the_c_structs() -> None:
+    for c_name, map_name in (("flow", "kernel_flows"), ("nat_key", "nat_out")):
+        key_type = bpf.MAPS[map_name][1]
+        assert [n for n, *_ in key_type._fields_ if n != "pad"] == _struct_fields(c_name)
 
 
 def test_netlink_attributes_are_padded_and_parsed_back() -> None:

@@ -279,43 +279,6 @@ def test_the_agent_publishes_the_conflist_only_once_ready(
     assert written["cniVersions"] == ["1.0.0"]
 
 
-def test_daemonset_manifest() -> None:
-    yaml = pytest.importorskip("yaml")
-    docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "vpcni.yaml").read_text())}
-    assert set(docs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"}
-    rules = {tuple(r["resources"]): set(r["verbs"]) for r in docs["ClusterRole"]["rules"]}
-    assert rules == {
-        ("nodes",): {"get", "list", "watch", "patch"},
-        ("pods",): {"get", "list", "watch"},
-    }
-    pod = docs["DaemonSet"]["spec"]["template"]["spec"]
-    assert pod["hostNetwork"] is True
-    assert pod["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
-    [container] = pod["containers"]
-    assert container["securityContext"]["privileged"] is True
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["ENABLE_PREFIX_DELEGATION"] == "true"
-    assert env["WARM_PREFIX_TARGET"] == "1"
-    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
-    mounts = {volumes[m["name"]]: m for m in container["volumeMounts"]}
-    assert set(mounts) == {
-        "/opt/cni/bin",
-        "/etc/cni/net.d",
-        "/run/vpcni",
-        "/var/run/vpcni",
-        "/sys/fs/bpf",
-        "/run/netns",
-    }
-    assert mounts["/run/netns"]["mountPropagation"] == "HostToContainer"
-    # The installer's defaults must match where the node's directories are mounted.
-    script = (DEPLOY / "install-cni.sh").read_text()
-    assert f"{mounts['/opt/cni/bin']['mountPath']}}}" in script
-    defaults = install.Paths.from_env({})
-    assert str(defaults.bin_dir) == mounts["/opt/cni/bin"]["mountPath"]
-    assert str(defaults.conf_dir) == mounts["/etc/cni/net.d"]["mountPath"]
-    assert env["VPCNI_SOCKET"] == TEMPLATE["plugins"][0]["socket"]
-
-
 def test_dockerfile_copies_files_that_exist() -> None:
     sources = []
     for line in (REPO / "Dockerfile").read_text().splitlines():

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
 
 from agent.ipam.planner import PoolSettings
 from agent.settings import Settings, SettingsError, SimSettings, load, pool_settings
+from datapath.port import SnatPolicy
 
 SIM = {"VPCNI_CLOUD": "sim"}
 
@@ -383,3 +385,62 @@ def test_process_age_agrees_with_ps() -> None:
         ["ps", "-o", "etimes=", "-p", str(os.getpid())], capture_output=True, text=True, check=True
     ).stdout
     assert age is not None and abs(age - int(etimes)) <= 2
+
+
+# --- SNAT settings, read as aws-node reads them -----------------------------------------------
+
+
+def test_snat_defaults_are_aws_nodes() -> None:
+    settings = load([], {})
+    assert settings.snat == SnatPolicy(external=False, exclude=(), randomize="prng")
+    assert settings.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "external"),
+    [("1", True), ("t", True), ("T", True), ("TRUE", True), ("true", True), ("True", True),
+     ("0", False), ("f", False), ("F", False), ("FALSE", False), ("false", False),
+     ("False", False)],
+)  # fmt: skip
+def test_external_snat_takes_go_parsebool_spellings(value: str, external: bool) -> None:
+    settings = load([], {"AWS_VPC_K8S_CNI_EXTERNALSNAT": value})
+    assert settings.snat.external is external and settings.warnings == ()
+
+
+@pytest.mark.parametrize("value", ["yes", "on", "tRUE", "2"])
+def test_a_bad_external_snat_is_logged_and_the_default_used(value: str) -> None:
+    settings = load([], {"AWS_VPC_K8S_CNI_EXTERNALSNAT": value})
+    assert settings.snat.external is False
+    [warning] = settings.warnings
+    assert "AWS_VPC_K8S_CNI_EXTERNALSNAT" in warning and "False" in warning
+
+
+def test_randomize_snat_values() -> None:
+    for value in ("prng", "hashrandom", "none"):
+        assert load([], {"AWS_VPC_K8S_CNI_RANDOMIZESNAT": value}).snat.randomize == value
+    bad = load([], {"AWS_VPC_K8S_CNI_RANDOMIZESNAT": "Prng"})
+    assert bad.snat.randomize == "prng" and "RANDOMIZESNAT" in bad.warnings[0]
+
+
+def test_exclude_snat_cidrs_are_trimmed_normalised_and_bad_ones_skipped() -> None:
+    env = {
+        "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS": " 192.168.1.7/24, 10.99.0.0/16,nope,fd00::/8,"
+        "172.16.0.1"
+    }
+    settings = load([], env)
+    assert settings.snat.exclude == (IPv4Network("192.168.1.0/24"), IPv4Network("10.99.0.0/16"))
+    assert len(settings.warnings) == 3  # nope, IPv6, a bare address (no prefix length)
+
+
+def test_exclusions_do_not_apply_with_external_snat() -> None:
+    env = {
+        "AWS_VPC_K8S_CNI_EXTERNALSNAT": "true",
+        "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS": "1.0.0.0/8",
+    }
+    assert load([], env).snat.exclude == ()
+
+
+def test_more_exclusions_than_slots_stop_start_up() -> None:
+    many = ",".join(f"10.{i}.0.0/16" for i in range(17))
+    with pytest.raises(SettingsError, match="at most 16"):
+        load([], {"AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS": many})

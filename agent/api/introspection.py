@@ -155,11 +155,18 @@ def ipamd_env(node: Node) -> dict[str, Any]:
 
 
 def networkutils_env(node: Node) -> dict[str, Any]:
-    """GET /v1/networkutils-env-settings: the datapath settings in force."""
+    """GET /v1/networkutils-env-settings: the datapath settings in force. The SNAT ones as
+    parsed; only BPF mode SNATs, so other modes report EXTERNALSNAT true (no SNAT on the node)
+    and no exclusions."""
+    snat = node.settings.snat
+    bpf = node.datapath.mode == "bpf"
     return {
         "AWS_VPC_ENI_MTU": node.settings.mtu,
         "POD_MTU": node.settings.pod_mtu,
         "AWS_VPC_K8S_CNI_VETHPREFIX": node.settings.veth_prefix,
+        "AWS_VPC_K8S_CNI_EXTERNALSNAT": snat.external or not bpf,
+        "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS": [str(c) for c in snat.exclude] if bpf else [],
+        "AWS_VPC_K8S_CNI_RANDOMIZESNAT": snat.randomize,
         "VPCNI_DATAPATH": node.datapath.mode,
     }
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -51,6 +52,26 @@ class AwsCounter(Metric):
     def add(self, values: Iterable[str], value: float) -> None:
         """One sample, its label values in the declared order."""
         self.add_sample(self.name, dict(zip(self.label_names, values, strict=True)), value)
+
+
+def datapath_metrics(status: Mapping[str, Any]) -> Iterator[Metric]:
+    """From GET /v1/datapath: rules BPF mode bypasses, and SNAT counters by reason."""
+    bypass = status.get("policy_bypass") or {}
+    yield GaugeMetricFamily(
+        "vpcni_policy_bypass_rules",
+        "Netfilter FORWARD rules of the node (a NetworkPolicy engine?) that BPF mode's "
+        "redirects skip; use --datapath kernel to keep them in force",
+        value=len(bypass.get("rules") or ()),
+    )
+    snat = status.get("snat")
+    if snat:
+        packets = CounterMetricFamily(
+            "vpcni_snat", "BPF SNAT events by reason (see docs/datapath.md)", labels=["reason"]
+        )
+        for reason, count in sorted(snat["counters"].items()):
+            packets.add_metric([reason], count)
+        yield packets
+        yield GaugeMetricFamily("vpcni_snat_flows", "SNAT port claims held", value=snat["flows"])
 
 
 class NodeCollector:
@@ -191,6 +212,7 @@ class NodeCollector:
             backoff.add_metric([subnet], 1)
         yield backoff
         yield from _subnet_metrics(node)
+        yield from datapath_metrics(node.datapath.status())
         wait = c.add_wait_ms
         yield HistogramMetricFamily(
             "vpcni_add_wait_ms",

@@ -25,8 +25,9 @@ int from_pod(struct __sk_buff *skb)
 {
 	struct counters zero = {};
 	__u32 ifindex = skb->ingress_ifindex;
-	struct iphdr *ip = ipv4_header(skb);
 	struct flow pod = {}, peer = {};
+	struct iphdr *ip = NULL;
+	enum parsed parsed;
 	struct counters *count;
 	struct endpoint *src, *dst;
 	enum l4_kind kind;
@@ -34,12 +35,19 @@ int from_pod(struct __sk_buff *skb)
 	__u8 one = 1;
 	long verdict;
 
-	if (!ip)
+	parsed = parse_ipv4(skb, &ip);
+	if (parsed == PARSED_OTHER)
 		return VPCNI_PASS;
 	count = counters.lookup_or_try_init(&ifindex, &zero);
 	if (count) {
 		count->packets++;
 		count->bytes += skb->len;
+	}
+	/* An IPv4 packet whose source cannot be read cannot be proven the pod's own. */
+	if (parsed != PARSED_IPV4 || !ip) {
+		if (count)
+			count->spoof_drops++;
+		return VPCNI_DROP;
 	}
 	src = endpoints.lookup(&ip->saddr);
 	if (!src || src->host_ifindex != ifindex) {
@@ -50,21 +58,23 @@ int from_pod(struct __sk_buff *skb)
 	kind = l4_flows(skb, ip, &pod, &peer);
 	if (kind == L4_KERNEL)
 		return to_kernel(count);
+	dst = endpoints.lookup(&ip->daddr);
+	if (!dst && !in_vpc(ip->daddr)) {
+		/* Service ClusterIPs (kube-proxy DNAT), the internet (SNAT), peered networks: the
+		 * kernel routes them, and replies of TCP/UDP flows are sent back to it (from_eni).
+		 * Recorded even when the peer's end already is (to_pod saw a VIP answer before). */
+		if (kind == L4_PORTS && !kernel_flows.lookup(&pod))
+			kernel_flows.update(&pod, &one);
+		return to_kernel(count);
+	}
 	/* A flow the kernel NATs stays there both ways, else conntrack sees half of it: the
 	 * pod's own port (a Service client; also its later flows from that port), or the peer's
 	 * (this pod is the backend answering a local Service client, or a client that reached it
 	 * through the node: NodePort, hostPort). */
 	if (kind == L4_PORTS && (kernel_flows.lookup(&pod) || kernel_flows.lookup(&peer)))
 		return to_kernel(count);
-	dst = endpoints.lookup(&ip->daddr);
 	if (dst) {
 		verdict = deliver_to_pod(skb, ip, dst);
-	} else if (!in_vpc(ip->daddr)) {
-		/* Service ClusterIPs (kube-proxy DNAT), the internet, peered networks: the kernel
-		 * routes them, and replies of TCP/UDP flows are sent back to it (from_eni). */
-		if (kind == L4_PORTS)
-			kernel_flows.update(&pod, &one);
-		return to_kernel(count);
 	} else {
 		eni = enis.lookup(&src->eni_ifindex);
 		if (!eni || is_local(skb, ip) || !forward_hop(ip))

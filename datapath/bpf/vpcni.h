@@ -77,17 +77,63 @@ BPF_TABLE_PINNED("lru_hash", struct flow, __u8, kernel_flows, VPCNI_MAX_FLOWS,
 static long (*vpcni_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
 				    __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
 
-/* The IPv4 header of an Ethernet frame, or NULL for anything else (ARP, IPv6, runts). */
-static __always_inline struct iphdr *ipv4_header(struct __sk_buff *skb)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = data + sizeof(*eth);
+/* What a parser says about a frame. */
+enum parsed {
+	PARSED_IPV4,  /* the IPv4 header (options included) and L4_LEN bytes after it are linear,
+		       * or the packet ends before that */
+	PARSED_OTHER, /* not IPv4: ARP, IPv6 */
+	PARSED_BAD,   /* says IPv4 but cannot be parsed: a runt or a bad header length */
+};
 
-	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return NULL;
-	return ip;
+/* Bytes a program reads past the IPv4 header: a TCP header without options (the largest L4
+ * header it parses; UDP and ICMP take 8). */
+#define L4_LEN 20
+
+/* Make the first `want` bytes of the frame (or all of a shorter one) readable. Usually they
+ * are: GSO and GRO packets keep their headers linear, so nothing is copied on the fast path. */
+static __always_inline int headers_linear(struct __sk_buff *skb, __u32 want)
+{
+	if (want > skb->len)
+		want = skb->len;
+	if ((void *)(long)skb->data + want <= (void *)(long)skb->data_end)
+		return 0;
+	return bpf_skb_pull_data(skb, want);
+}
+
+/* The IPv4 header of a frame, made readable. A sender may put it outside the linear area
+ * (AF_PACKET with PACKET_VNET_HDR), where a check against data_end fails although the packet is
+ * a perfectly routable IPv4 packet: pull it in rather than treating it as "not IPv4". */
+static __always_inline enum parsed parse_ipv4(struct __sk_buff *skb, struct iphdr **out)
+{
+	void *data, *data_end;
+	struct iphdr *ip;
+	__u32 ihl;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return PARSED_OTHER;
+	if (headers_linear(skb, ETH_HLEN + sizeof(*ip) + L4_LEN) < 0)
+		return PARSED_BAD;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > data_end || ((struct ethhdr *)data)->h_proto != bpf_htons(ETH_P_IP))
+		return PARSED_BAD;
+	ihl = ip->ihl;
+	if (ihl < 5)
+		return PARSED_BAD;
+	if (ihl > 5) { /* options: the L4 header starts later */
+		if (headers_linear(skb, ETH_HLEN + ihl * 4 + L4_LEN) < 0)
+			return PARSED_BAD;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		ip = data + ETH_HLEN;
+		if ((void *)(ip + 1) > data_end)
+			return PARSED_BAD;
+	}
+	if ((void *)ip + ip->ihl * 4 > data_end)
+		return PARSED_BAD;
+	*out = ip;
+	return PARSED_IPV4;
 }
 
 /* Whether an address is inside one of the VPC's CIDRs (the fast path's reach). */
