@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint typecheck pytest setup data bench clean plugin golint gotest image
+.PHONY: run test lint typecheck pytest setup data bench clean plugin golint gotest image reliability
 
 # The CNI plugin (plugin/, Go standard library only): a static binary, built offline by Debian's
 # go. Caches live under build/ so root CI and parallel worktrees need no $HOME and no network.
@@ -41,6 +41,11 @@ typecheck:
 
 pytest: plugin
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The reliability suite in full (tests/reliability: >= 5,000 ops and 20 SIGKILLs per emulator,
+# EC2 faults, API fuzzing); `make test` runs it reduced. Figures: docs/reliability.md.
+reliability: setup plugin
+	VPCNI_RELIABILITY=full $(PY) -m pytest -q -s -p no:cacheprovider tests/reliability $(PYTEST_ARGS)
 
 # The node image from Dockerfile, built here offline (root; Debian's debootstrap + buildah):
 # build/vpcni-image.tar for `ctr images import` / `docker load`. As root, tests/test_image.py

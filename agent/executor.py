@@ -1,8 +1,14 @@
 """The EC2 executor: carries out one planner decision through the EC2 and datapath ports.
 
 The planner decides (sans-IO); this room acts, records what happened and classifies failures
-(InsufficientCidrBlocks backs prefixes off, limits and not-found resync, anything else pauses
-the pool manager). It never decides what to do next.
+(InsufficientCidrBlocks backs prefixes off and marks the subnet exhausted, limits and not-found
+resync, anything else pauses the pool manager and resyncs). It never decides what to do next.
+
+A failed mutating call may still have been applied: EC2 can answer 5xx or time out after making
+the change, and botocore's retry then gets an error because the change is already there (an
+UnassignPrivateIpAddresses retried after a 500 answers InvalidParameterValue). So nothing a
+failed call touched is reused on the agent's word: blocks being released stay out of the state,
+and a resync (EC2's truth) decides what the node has.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from agent.cloud.port import (
     LimitExceeded,
     NodeIdentity,
     NotFound,
+    Throttled,
 )
 from agent.counters import Counters
 from agent.ipam.backoff import PrefixBackoff
@@ -40,15 +47,14 @@ from datapath.port import Datapath, EniLink
 
 log = logging.getLogger("vpcni.executor")
 
+# Actions that grow the pool (an ADD waiting for an address waits on these).
+GROWING = (AssignPrefixes, AssignIps, CreateEni)
+
 # After EC2 throttles or fails an action (past the adapter's own retries), pool actions pause
 # 1 s, 2 s, 4 s ... (jittered, capped): waiting ADDs must not turn into a burst of calls into an
 # account that is already being throttled.
 EC2_PAUSE_FIRST = 1.0
 EC2_PAUSE_MAX = 30.0
-
-
-# Actions that grow the pool (an ADD waiting for an address waits on these).
-GROWING = (AssignPrefixes, AssignIps, CreateEni)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,7 +93,7 @@ class Ec2Executor:
         security_groups: tuple[str, ...],
         backoff: PrefixBackoff,
         counters: Counters,
-        resync: Callable[[], Awaitable[object]],
+        resync: Callable[[], Awaitable[bool]],
         clock: Callable[[], float],
         monotonic: Callable[[], float],
         rng: random.Random,
@@ -108,6 +114,9 @@ class Ec2Executor:
         self.plans: deque[PlanRecord] = deque(maxlen=50)
         self.failures = 0  # consecutive failed actions (throttled, unavailable)
         self.pause_until = 0.0  # monotonic; no pool action before it
+        # Subnets where EC2 said it has no more addresses (or /28s) for us, with its words;
+        # cleared by the next growth that succeeds there. STATUS reads it.
+        self.exhausted_why: dict[str, str] = {}
         # ENABLE_SUBNET_DISCOVERY: new ENIs planned for the node's subnet may go to another
         # subnet tagged kubernetes.io/role/cni; one that just ran out is asked last.
         self.subnet_discovery = subnet_discovery
@@ -139,6 +148,9 @@ class Ec2Executor:
                 )
                 outcome += f"; prefixes back off {entry.until - self.clock():.1f}s"
             self.counters.error("insufficient_cidr")
+            subnet = e.subnet_id or self.subnet_of(action)
+            if subnet:
+                self.exhausted_why[subnet] = f"{e.code or 'InsufficientCidr'}: {e}"
         except (LimitExceeded, NotFound) as e:
             outcome = f"{e.code or type(e).__name__}: {e}; resyncing from EC2"
             self.counters.error(type(e).__name__)
@@ -150,8 +162,14 @@ class Ec2Executor:
             self.pause_until = self.monotonic() + pause
             outcome = f"{e.code or type(e).__name__}: {e}; pool actions pause {pause:.1f}s"
             self.counters.error("ec2")
+            if not isinstance(e, Throttled):  # a throttled call was refused, not applied
+                synced = await self.resync()
+                outcome += "; resynced from EC2" if synced else "; resync failed, retried later"
         else:
             self.failures = 0
+            subnet = self.subnet_of(action)
+            if isinstance(action, GROWING) and subnet:
+                self.exhausted_why.pop(subnet, None)
             if isinstance(action, AssignPrefixes):
                 self.backoff.record_success(action.subnet_id)
             if isinstance(action, CreateEni) and action.prefixes:
@@ -171,6 +189,13 @@ class Ec2Executor:
             extra={"action": record.action, "reason": record.reason, "outcome": outcome},
         )
         return outcome == "ok"
+
+    def subnet_of(self, action: Action) -> str:
+        """The subnet an action draws addresses from ("" for an ENI no longer known)."""
+        if isinstance(action, AssignPrefixes | CreateEni):
+            return action.subnet_id
+        eni = self.state.enis.get(action.eni_id)
+        return eni.subnet_id if eni is not None else ""
 
     async def _act(self, action: Action) -> None:
         if isinstance(action, AssignPrefixes):
@@ -240,19 +265,16 @@ class Ec2Executor:
         )
 
     async def _release_blocks(self, action: ReleaseBlocks) -> None:
-        # Take the blocks out of the state before awaiting EC2 so no ADD leases from them.
+        # Take the blocks out of the state before awaiting EC2 so no ADD leases from them. On
+        # failure they stay out: EC2 may have taken them anyway, and only the resync that
+        # follows may bring back those it still has.
         for cidr in action.cidrs:
             self.state.remove_block(action.eni_id, cidr)
-        try:
-            await self.ec2.unassign(
-                action.eni_id,
-                ips=[c.network_address for c in action.cidrs if c.prefixlen == 32],
-                prefixes=[c for c in action.cidrs if c.prefixlen == 28],
-            )
-        except Ec2Error as e:
-            if not isinstance(e, NotFound) and action.eni_id in self.state.enis:
-                self.state.add_blocks(action.eni_id, action.cidrs)
-            raise
+        await self.ec2.unassign(
+            action.eni_id,
+            ips=[c.network_address for c in action.cidrs if c.prefixlen == 32],
+            prefixes=[c for c in action.cidrs if c.prefixlen == 28],
+        )
 
     async def _delete_eni(self, action: DeleteEni) -> None:
         eni = self.state.enis.get(action.eni_id)

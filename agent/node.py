@@ -188,7 +188,8 @@ class Node:
         await self.datapath.start([eni_link(e) for e in self.state.enis.values() if e.is_managed()])
         # A fresh generation: one snapshot of what was restored (and adopted), an empty journal.
         await self.store.open()
-        if self.settings.leaked_eni_cleanup and self.settings.cloud == "aws":
+        if self.settings.leaked_eni_cleanup:  # then hourly, from the pool manager
+            self.resyncer.last_cleanup = self.clock()
             self.pods.spawn(self.resyncer.cleanup_leaked())
         await self.reconcile.start()
         self.pool.start()
@@ -311,6 +312,10 @@ class Node:
                     return True, "free addresses in the pool"
         decision = self.decide()
         if isinstance(decision.action, GROWING):
+            subnet = self.executor.subnet_of(decision.action)
+            why = self.executor.exhausted_why.get(subnet)
+            if why is not None:  # the planner would ask again, but EC2 has nothing to give
+                return False, f"subnet {subnet} is exhausted ({why})"
             return True, f"pool is growing: {decision.reason}"
         return False, decision.reason
 

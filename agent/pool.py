@@ -106,7 +106,9 @@ class PoolManager:
                 return
             try:
                 if self.resync.due():
-                    await self.resync.resync()
+                    await self.resync.quietly()
+                if self.settings.leaked_eni_cleanup and self.resync.cleanup_due():
+                    await self.resync.cleanup_leaked()
                 await self.run_rounds()
             except asyncio.CancelledError:
                 raise

@@ -24,6 +24,8 @@ RESYNC_PERIOD = 60.0
 # ENIs vpcni created that stayed detached this long are leaks (a crash between create and
 # attach): the VPC CNI waits as long before deleting them.
 LEAK_MIN_AGE = 300.0
+# How often leaked ENIs are looked for after the pass at start-up (the VPC CNI: hourly).
+LEAK_PERIOD = 3600.0
 
 
 class Resync:
@@ -48,10 +50,15 @@ class Resync:
         self.counters = counters
         self.clock = clock
         self.last = 0.0
+        self.last_cleanup = 0.0
 
     def due(self) -> bool:
-        """Has a period passed since the last resync?"""
+        """Has a period passed since the last resync (or did the last one fail)?"""
         return self.clock() - self.last > RESYNC_PERIOD
+
+    def cleanup_due(self) -> bool:
+        """Has an hour passed since the last leaked-ENI pass?"""
+        return self.clock() - self.last_cleanup > LEAK_PERIOD
 
     async def initial(self) -> ReconcileReport:
         """The start-up read: fold EC2's ENIs into an empty state (the datapath starts later)."""
@@ -87,15 +94,20 @@ class Resync:
         c.force_removed_enis += len({lease.eni_id for lease in report.leases_dropped} & gone)
         c.force_removed_ips += len(report.leases_dropped)
 
-    async def quietly(self) -> None:
-        """Resync, logging (not raising) an EC2 failure: the next period tries again."""
+    async def quietly(self) -> bool:
+        """Resync, logging (not raising) an EC2 failure; False then, and the pool manager's
+        next round tries again before anything else."""
         try:
             await self.resync()
         except Ec2Error as e:
             log.warning("resync failed", extra={"error": str(e)})
+            self.last = 0.0
+            return False
+        return True
 
     async def cleanup_leaked(self) -> None:
         """Delete ENIs this node created that never got attached (logged, never raised)."""
+        self.last_cleanup = self.clock()
         try:
             deleted = await self.ec2.cleanup_leaked_enis(
                 self.identity.instance_id, older_than=LEAK_MIN_AGE

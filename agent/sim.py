@@ -36,8 +36,9 @@ def start_cloud(settings: Settings) -> emulator.SimCloud:
     """Start the emulator (own thread) with the agent's --sim-* settings.
 
     EC2 outlives an agent restart; the emulator lives inside the agent. So the node's ENIs and
-    addresses are saved in the state dir when the agent stops (`save_cloud`) and put back here,
-    and a restarted agent finds the EC2 it left, as it would on AWS.
+    addresses are saved in the state dir after every mutating EC2 call, before its answer
+    (`save_cloud`, an atomic write of a few hundred bytes per ENI), and put back here: an agent
+    restarted after SIGKILL finds the EC2 it left, as it would on AWS.
     """
     sim = settings.sim
     cloud = emulator.start_in_thread(
@@ -53,6 +54,7 @@ def start_cloud(settings: Settings) -> emulator.SimCloud:
     except Exception:
         cloud.close()
         raise
+    cloud.cloud.front.on_change = lambda: save_cloud(cloud, settings)
     return cloud
 
 

@@ -321,13 +321,17 @@ def test_account_token_bucket_throttles_and_retries_recover() -> None:
     buckets = {"mutating": BucketSpec(capacity=3, refill=5)}
     with emulator.start_in_thread(buckets=buckets) as cloud:
         ec2 = ec2_client(cloud)
-        eni_id = ec2.describe_network_interfaces()["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        # Built (and its first request made) before the bucket is drained: building a client
+        # takes long enough on a loaded machine for the bucket to refill a token.
+        retrying = ec2_client(cloud, Config(retries={"max_attempts": 10, "mode": "standard"}))
+        eni_id = retrying.describe_network_interfaces()["NetworkInterfaces"][0][
+            "NetworkInterfaceId"
+        ]
         for _ in range(3):
             ec2.create_tags(Resources=[eni_id], Tags=[{"Key": "k", "Value": "v"}])
         with pytest.raises(ClientError) as err:
             ec2.create_tags(Resources=[eni_id], Tags=[{"Key": "k", "Value": "v"}])
         assert code_of(err) == ("RequestLimitExceeded", 503)
-        retrying = ec2_client(cloud, Config(retries={"max_attempts": 10, "mode": "standard"}))
         response = retrying.create_tags(Resources=[eni_id], Tags=[{"Key": "k", "Value": "v"}])
         assert response["ResponseMetadata"]["RetryAttempts"] >= 1
 

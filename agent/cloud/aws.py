@@ -300,11 +300,26 @@ class Ec2Adapter:
             request["SecondaryPrivateIpAddressCount"] = spec.ips
         if spec.prefixes:
             request["Ipv4PrefixCount"] = spec.prefixes
-        created = await self._call(
-            "CreateNetworkInterface",
-            lambda c: c.create_network_interface(**request),
-            subnet_id=spec.subnet_id,
-        )
+        try:
+            created = await self._call(
+                "CreateNetworkInterface",
+                lambda c: c.create_network_interface(**request),
+                subnet_id=spec.subnet_id,
+            )
+        except InsufficientCidr:
+            # The subnet has fewer addresses than the ENI and its secondaries: take what it
+            # has (one is the ENI's primary address).
+            free = await self._free_addresses(spec.subnet_id) if spec.ips else 0
+            if not 2 <= free <= spec.ips:
+                raise
+            log.info("subnet has %d free address(es): new ENI with %d", free, free - 1)
+            request["SecondaryPrivateIpAddressCount"] = free - 1
+            request["ClientToken"] = str(uuid.uuid4())  # another request, not a retry
+            created = await self._call(
+                "CreateNetworkInterface",
+                lambda c: c.create_network_interface(**request),
+                subnet_id=spec.subnet_id,
+            )
         eni = created["NetworkInterface"]
         eni_id = eni["NetworkInterfaceId"]
         self._eni_subnets[eni_id] = spec.subnet_id
@@ -350,7 +365,19 @@ class Ec2Adapter:
         await self._delete_detached(eni_id)
 
     async def assign_prefixes(self, eni_id: str, count: int) -> Sequence[IPv4Network]:
-        """Ask EC2 for `count` /28 prefixes on the ENI; return what it assigned."""
+        """Ask EC2 for `count` /28 prefixes on the ENI; return what it assigned. When the
+        subnet has fewer free /28s (EC2 does not say how many), ask for half as many, down to
+        one, so a nearly full subnet still gives what it has."""
+        while True:
+            try:
+                return await self._assign_prefixes(eni_id, count)
+            except InsufficientCidr:
+                if count <= 1:
+                    raise
+                count //= 2
+                log.info("subnet short of /28s: asking for %d prefix(es) on %s", count, eni_id)
+
+    async def _assign_prefixes(self, eni_id: str, count: int) -> Sequence[IPv4Network]:
         reply = await self._call(
             "AssignPrivateIpAddresses",
             lambda c: c.assign_private_ip_addresses(
@@ -361,7 +388,18 @@ class Ec2Adapter:
         return [IPv4Network(p["Ipv4Prefix"]) for p in reply.get("AssignedIpv4Prefixes", [])]
 
     async def assign_ips(self, eni_id: str, count: int) -> Sequence[IPv4Address]:
-        """Ask EC2 for `count` secondary IPs on the ENI; return what it assigned."""
+        """Ask EC2 for `count` secondary IPs on the ENI; return what it assigned. When the
+        subnet has fewer free addresses, ask once more for as many as it has."""
+        try:
+            return await self._assign_ips(eni_id, count)
+        except InsufficientCidr as e:
+            free = await self._free_addresses(e.subnet_id or await self._subnet_of(eni_id))
+            if not 0 < free < count:
+                raise
+            log.info("subnet has %d free address(es): asking for them on %s", free, eni_id)
+            return await self._assign_ips(eni_id, free)
+
+    async def _assign_ips(self, eni_id: str, count: int) -> Sequence[IPv4Address]:
         reply = await self._call(
             "AssignPrivateIpAddresses",
             lambda c: c.assign_private_ip_addresses(
@@ -655,6 +693,20 @@ class Ec2Adapter:
                 log.warning("cannot find the subnet of %s: %s", eni_id, exc)
                 return ""
         return self._eni_subnets[eni_id]
+
+    async def _free_addresses(self, subnet_id: str) -> int:
+        """The subnet's AvailableIpAddressCount (0 when it cannot be read)."""
+        if not subnet_id:
+            return 0
+        try:
+            reply = await self._call(
+                "DescribeSubnets", lambda c: c.describe_subnets(SubnetIds=[subnet_id])
+            )
+        except Ec2Error as exc:
+            log.warning("cannot read the free addresses of %s: %s", subnet_id, exc)
+            return 0
+        subnets = reply.get("Subnets", [])
+        return subnets[0].get("AvailableIpAddressCount", 0) if subnets else 0
 
     async def _cidrs_of(self, subnet_ids: Iterable[str]) -> Mapping[str, IPv4Network]:
         wanted = set(subnet_ids)

@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.cloud.emulator import codec
-from agent.cloud.emulator.chaos import Chaos, Fault
+from agent.cloud.emulator.chaos import NON_MUTATING_PREFIXES, Chaos, Fault
 from agent.cloud.emulator.model import (
     ApiError,
     Ec2Model,
@@ -431,6 +431,10 @@ def create_network_interface(model: Ec2Model, params: Params, now: float) -> Res
         prefixes=[_net(p.get("Ipv4Prefix", "")) for p in params.get("Ipv4Prefixes", [])],
         prefix_count=params.get("Ipv4PrefixCount", 0),
         interface_type=params.get("InterfaceType", "interface"),
+        client_token=params.get("ClientToken", ""),
+        request=json.dumps(
+            {k: v for k, v in params.items() if k != "ClientToken"}, sort_keys=True, default=str
+        ),
     )
     return {"NetworkInterface": eni_view(model, eni), "ClientToken": params.get("ClientToken")}
 
@@ -678,6 +682,9 @@ class Front:
         self.clock = clock
         self.monotonic = monotonic
         self.tokens: dict[str, float] = {}  # IMDS token -> expiry (monotonic)
+        # Called after every mutating action, under the model lock and before the answer goes
+        # out (the embedded emulator saves its state there, so EC2 survives a SIGKILL).
+        self.on_change: Callable[[], None] | None = None
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.router.add_post("/", self.ec2)
         for base in ("", "/instances/{instance_id}"):
@@ -732,7 +739,11 @@ class Front:
         if decision.fault is Fault.PARTIAL and action == "AttachNetworkInterface":
             raise ApiError("InternalError", "An internal error has occurred", status=500)
         with self.model.lock:
-            result = handler(self.model, params, self.clock())
+            try:
+                result = handler(self.model, params, self.clock())
+            finally:  # a failed action may have changed nothing; saving again is harmless
+                if self.on_change is not None and not action.startswith(NON_MUTATING_PREFIXES):
+                    self.on_change()
         if decision.fault is Fault.PARTIAL:
             raise ApiError("InternalError", "An internal error has occurred", status=500)
         body = codec.encode_response(action, request_id, result)

@@ -479,6 +479,8 @@ class Ec2Model:
         self._macs: set[str] = set()
         self._ids: set[str] = set()
         self._listeners: list[AttachListener] = []
+        # CreateNetworkInterface's ClientToken -> (what the request asked, the ENI it made).
+        self.client_tokens: dict[str, tuple[str, str]] = {}
         self.vpc = Vpc(
             id=self._new_id("vpc"),
             cidrs=(IPv4Network(vpc_cidr),),
@@ -823,11 +825,26 @@ class Ec2Model:
         prefix_count: int = 0,
         identity: tuple[str, str] | None = None,
         interface_type: str = "interface",
+        client_token: str = "",
+        request: str = "",
     ) -> Eni:
         """CreateNetworkInterface: the ENI and its initial addresses, all or nothing.
 
         `identity` (id, MAC) recreates a known ENI, for state carried across emulator runs.
+        A `client_token` seen before returns the ENI that request made (a retry, e.g. botocore's
+        after a 5xx or a timeout, creates nothing more); with another `request` (a canonical
+        form of the parameters) it is IdempotentParameterMismatch, as in EC2.
         """
+        if client_token in self.client_tokens:
+            asked, eni_id = self.client_tokens[client_token]
+            if asked != request:
+                raise ApiError(
+                    "IdempotentParameterMismatch",
+                    f"The client token {client_token} was used with other parameters",
+                )
+            if eni_id in self.enis:
+                return self.enis[eni_id]
+            del self.client_tokens[client_token]  # deleted since: a new request after all
         subnet = self.subnet(subnet_id)
         _check_groups(groups)
         eni = self._create_eni(
@@ -856,6 +873,8 @@ class Ec2Model:
             except ApiError:
                 self._delete(eni)
                 raise
+        if client_token:
+            self.client_tokens[client_token] = (request, eni.id)
         return eni
 
     @_locked
