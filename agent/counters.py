@@ -26,6 +26,8 @@ class Counters:
     ipamd_errors: dict[str, int] = field(default_factory=dict)
     leases_dropped: int = 0
     leases_reconciled: int = 0  # released because their pod was gone (a lost DEL)
+    leases_adopted: int = 0  # aws-node's leases taken over at the switch (agent/adopt.py)
+    leases_not_adopted: int = 0  # aws-node's leases left: in no block of this node, or twice
     del_spool_replayed: int = 0  # DELs the plugin spooled while the agent was away, applied
     del_spool_rejected: int = 0  # spool files that were not a valid DEL (agent/cni/spool.py)
     add_waited: int = 0  # ADDs that found no free address and waited for the pool manager

@@ -19,6 +19,7 @@ import boto3
 import uvloop
 
 from agent import logs
+from agent.adopt import AdoptError
 from agent.api.server import serve
 from agent.cloud import instance_type
 from agent.cloud.aws import Ec2Adapter
@@ -119,6 +120,8 @@ async def run(settings: Settings) -> None:
             raise StartupError(f"EC2 describe failed: {e}") from e
         except StoreError as e:
             raise StartupError(f"checkpoint: {e}") from e
+        except AdoptError as e:
+            raise StartupError(str(e)) from e
         except DatapathError as e:
             raise StartupError(
                 f"{datapath.mode} datapath cannot start: {e} (it needs root/CAP_NET_ADMIN; "

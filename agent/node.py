@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
+from agent import adopt
 from agent.cloud.port import Ec2Port, NodeIdentity
 from agent.counters import Counters
 from agent.executor import GROWING, Ec2Executor, PlanRecord, eni_link
@@ -171,7 +172,10 @@ class Node:
 
     async def _start(self) -> ReconcileReport:
         report = await self.resyncer.initial()
+        first_start = not self.settings.checkpoint_path.exists()
         restored, dropped = await self._restore()
+        if first_start:  # a node aws-node managed: its pods keep their addresses
+            adopt.adopt_aws_node(self.state, self.settings.aws_node_checkpoint, self.counters)
         log.info(
             "state restored",
             extra={
@@ -182,7 +186,7 @@ class Node:
         )
         # ENIs that are not vpcni's (trunk, EFA, no_manage, other cards) get no datapath.
         await self.datapath.start([eni_link(e) for e in self.state.enis.values() if e.is_managed()])
-        # A fresh generation: one snapshot of what was restored, an empty journal.
+        # A fresh generation: one snapshot of what was restored (and adopted), an empty journal.
         await self.store.open()
         if self.settings.leaked_eni_cleanup:  # then hourly, from the pool manager
             self.resyncer.last_cleanup = self.clock()

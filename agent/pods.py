@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from agent.adopt import aws_node_key
 from agent.counters import Counters
 from agent.executor import eni_link
 from agent.ipam.state import Eni, IPAMKey, Lease, NodeState
@@ -220,7 +222,7 @@ class Pods:
         self.counters.delete += 1
         reasons = self.counters.delete_reasons
         reasons[reason] = reasons.get(reason, 0) + 1
-        return await self._release(req, unless_adding=False)
+        return await self._release(self.known(req), unless_adding=False)
 
     async def _release(self, req: PodRequest, *, unless_adding: bool) -> Lease | None:
         lease = self.state.lease(req.key)
@@ -255,6 +257,16 @@ class Pods:
         self.pool.wake()
         return released
 
+    def known(self, req: PodRequest) -> PodRequest:
+        """`req`, or, when its key holds no lease but the same container and ifName hold one
+        under aws-node's network name (a pod adopted at the switch, see agent.adopt), the same
+        request for that lease."""
+        if self.state.lease(req.key) is None:
+            legacy = aws_node_key(req.key)
+            if self.state.lease(legacy) is not None:
+                return dataclasses.replace(req, key=legacy)
+        return req
+
     async def release_gone(self, lease: Lease) -> Lease | None:
         """Release the lease of a pod found gone (see agent.reconcile), unless an ADD of its key
         started meanwhile or the lease changed; its rules go, nothing else is there."""
@@ -268,6 +280,7 @@ class Pods:
     async def check(self, req: PodRequest) -> list[str]:
         """Problems with the attachment (empty: all is well); NodeError 3 if unknown."""
         self.counters.check += 1
+        req = self.known(req)
         lease = self.state.lease(req.key)
         if lease is None:
             raise NodeError(3, f"unknown container {req.key.container_id}", status=404)

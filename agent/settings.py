@@ -62,6 +62,9 @@ class Settings:
     socket: Path = Path("/run/vpcni/agent.sock")
     state_dir: Path = Path("/var/run/vpcni")
     backing_store: Path | None = None  # AWS_VPC_K8S_CNI_BACKING_STORE
+    # aws-node's checkpoint, adopted at the first start (agent/adopt.py); None: never adopt.
+    # `load` defaults to /var/run/aws-node/ipam.json; None here keeps in-process nodes off it.
+    aws_node_checkpoint: Path | None = None
     datapath: str = "bpf"
     host_netns: str | None = None
     introspection: str | None = "127.0.0.1:61679"
@@ -409,6 +412,7 @@ def load(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         socket=Path(args.socket),
         state_dir=Path(args.state_dir),
         backing_store=Path(backing) if backing else None,
+        aws_node_checkpoint=_aws_node_checkpoint(e.text("VPCNI_AWS_NODE_CHECKPOINT", "")),
         datapath=args.datapath,
         host_netns=args.host_netns or None,
         introspection=None
@@ -468,6 +472,14 @@ def _ignored(env: Mapping[str, str]) -> list[str]:
         for name, why in IGNORED.items()
         if (env.get(name) or "").strip()
     ]
+
+
+def _aws_node_checkpoint(value: str) -> Path | None:
+    """VPCNI_AWS_NODE_CHECKPOINT: aws-node's checkpoint to adopt at the first start (default
+    /var/run/aws-node/ipam.json), `none` to never adopt."""
+    if value.lower() == "none":
+        return None
+    return Path(value or "/var/run/aws-node/ipam.json")
 
 
 def _endpoint(value: str | None) -> str | None:

@@ -2,6 +2,8 @@
 
 Run it after the agent has stopped (the DaemonSet deleted), on the node or in a privileged pod
 with the DaemonSet's mounts (deploy/uninstall.yaml). In order:
+0. with --restore-aws-node, aws-node's checkpoint from vpcni's and its conflist put back
+   (agent.cni.uninstall_cli; nothing at all changes if either cannot be done);
 1. the conflist, then the vpcni plugin (agent.cni.install.uninstall): the runtime sends no new
    pod to vpcni; loopback and portmap stay (other networks use them);
 2. vpcni's tc programs, from every interface of the node's netns that has one (its clsact
@@ -21,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.cni import install
+from agent.cni import install, uninstall_cli
 from datapath.bpf import Programs, pin_dir
 from datapath.wiring import entered, netlink
 
@@ -64,18 +66,20 @@ def detach_programs(host_netns: str | None, report: Report) -> None:
 
 
 def remove_pins(host_netns: str | None, report: Report) -> None:
-    """Unpin the maps (the kernel frees them with the last program). The root node's pin
-    directory also holds sandbox nodes' pins under netns/: those stay."""
+    """Unpin the maps and the programs the loader pinned under progs/ (the kernel frees them
+    with their last user). The root node's pin directory also holds sandbox nodes' pins under
+    netns/: those stay."""
     directory = Path(pin_dir(host_netns))
-    if not directory.is_dir():
-        return
-    for entry in sorted(directory.iterdir()):
-        if entry.is_dir():
+    for folder in (directory / "progs", directory):
+        if not folder.is_dir():
             continue
-        entry.unlink()
-        report.pins.append(str(entry))
-    if not any(directory.iterdir()):
-        directory.rmdir()
+        for entry in sorted(folder.iterdir()):
+            if entry.is_dir():
+                continue
+            entry.unlink()
+            report.pins.append(str(entry))
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def uninstall(*, bin_dir: Path, conf_dir: Path, host_netns: str | None) -> Report:
@@ -111,6 +115,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         default=Path(os.environ.get("VPCNI_SOCKET", "/run/vpcni/agent.sock")),
                         help="refuse while an agent answers here")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="even while an agent answers")
+    uninstall_cli.add_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -122,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
             "(kubectl -n kube-system delete daemonset vpcni), or --force",
             file=sys.stderr,
         )
+        return 1
+    if args.restore_aws_node and not uninstall_cli.restore_aws_node(
+        args.cni_conf_dir, args.checkpoint, args.aws_node_checkpoint
+    ):
         return 1
     report = uninstall(
         bin_dir=args.cni_bin_dir, conf_dir=args.cni_conf_dir, host_netns=args.host_netns

@@ -126,8 +126,9 @@ def goals(r: dict[str, Any]) -> list[Goal]:
             "≤ 1.0x ptp",
             f"{cni['vpcni_del_ms']} ms vs {cni['peer_del_ms']} ms: {cni['del_ratio']}x",
             cni["del_ratio"] <= 1.0,
-            "the reply waits for the kernel's veth teardown, as ptp's does, plus the agent's "
-            "unwiring (the safety branch answers once the address is safe)",
+            "vpcni answers once the pod's address is unreachable (routes, rules, BPF entry gone "
+            "in one netlink batch) and deletes the veth in the background; ptp's reply waits "
+            "for the kernel's veth teardown",
         ))  # fmt: skip
         if "makespan_ratio" in cni:
             out.append(Goal(
@@ -136,7 +137,8 @@ def goals(r: dict[str, Any]) -> list[Goal]:
                 f"{cni['vpcni_makespan_s']} s vs {cni['peer_makespan_s']} s: "
                 f"{cni['makespan_ratio']}x",
                 cni["makespan_ratio"] <= 1.0,
-                "ADDs share the agent's netlink worker threads and the GIL",
+                "ADDs share the agent's netlink worker threads (kept sockets, batched requests) "
+                "and one group-committed journal fsync",
             ))  # fmt: skip
     else:
         out.append(Goal("CNI latency vs ptp", "see the issue", "not measured", None,
@@ -193,7 +195,8 @@ def goals(r: dict[str, Any]) -> list[Goal]:
             + (f", none {load_run['client_1_leases_0']['agent_cpu_ms_per_pair']} ms"
                if _ok(load_run) else ""),
             all(c["agent_cpu_ms_per_pair"] <= 8 for c in cpu_rows),
-            "netlink wiring through pyroute2 dominates (datapath/wiring.py)",
+            "netlink wiring (datapath/rtnl.py: hand-packed batches on kept sockets, four round "
+            "trips per ADD) and the HTTP request dominate",
         ))  # fmt: skip
     if _ok(load_run):
         emulator = round(load_run["rss_mib_loaded_sim"] - load_run["rss_mib_production"], 1)
@@ -210,7 +213,8 @@ def goals(r: dict[str, Any]) -> list[Goal]:
             met,
             f"the embedded emulator costs {emulator} MiB (none mode, sim vs separate, same run) "
             "and is subtracted from the datapath rows; boto3 + its EC2 model ~50 MiB of every "
-            "mode; BPF mode keeps bcc/LLVM resident after its one compile",
+            "mode; bcc/LLVM compile in a short-lived child (datapath.bpf_loader), so BPF mode "
+            "costs the agent what kernel mode does",
         ))  # fmt: skip
     sn = r.get("snat")
     if isinstance(sn, list) and sn:

@@ -427,6 +427,8 @@ class BpfDatapath(_NodeDatapath):
         problems = super()._check(pod)
         ep = self.programs.endpoint(pod.ip)
         if ep is None:
+            if self._wiring.wired_by_vpc_cni(pod):  # adopted: the kernel path serves it
+                return problems
             return [*problems, f"no endpoint entry for {pod.ip}"]
         ipr = self._wiring.host_ipr()
         if self.programs.attached(ipr, ep.host_ifindex) != "from_pod":

@@ -508,6 +508,12 @@ class Wiring:
                 return link
         return None
 
+    def wired_by_vpc_cni(self, pod: PodNetwork) -> bool:
+        """Is the attachment's host veth one the VPC CNI (or vpcni before attachment keys)
+        created: the legacy name, no owner alias? Adopted pods have no BPF endpoint entry."""
+        link = self.owned_link(self.host_socket(), pod)
+        return link is not None and not link.alias
+
     def unwire_pod(self, pod: PodNetwork, *, cleanup: Cleanup | None = None) -> None:
         """Make the pod unreachable and forget it; anything missing is fine.
 

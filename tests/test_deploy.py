@@ -181,7 +181,10 @@ def test_daemonset_choices_an_operator_expects() -> None:
     volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
     mounts = {volumes[m["name"]]: m for m in container["volumeMounts"]}
     assert set(mounts) == {"/opt/cni/bin", "/etc/cni/net.d", "/run/vpcni", "/sys/fs/bpf",
-                           "/run/netns"}  # fmt: skip
+                           "/run/netns", "/run/aws-node"}  # fmt: skip
+    # aws-node's checkpoint, adopted at the first start, is where the agent looks for it.
+    aws_node = Path(env["VPCNI_AWS_NODE_CHECKPOINT"]).parent
+    assert mounts[str(aws_node)]["mountPath"] == str(aws_node)
     assert mounts["/opt/cni/bin"]["mountPath"] == "/host/opt/cni/bin"
     assert mounts["/etc/cni/net.d"]["mountPath"] == "/host/etc/cni/net.d"
     assert mounts["/run/vpcni"]["mountPath"] == str(Path(env["VPCNI_SOCKET"]).parent)

@@ -52,6 +52,16 @@ def test_load_defaults() -> None:
     assert Settings().mtu == s.mtu and Settings().pool == s.pool
 
 
+def test_aws_node_checkpoint_to_adopt() -> None:
+    default = load([], {}).aws_node_checkpoint
+    assert default == Path("/var/run/aws-node/ipam.json")
+    other = load([], {"VPCNI_AWS_NODE_CHECKPOINT": "/srv/ipam.json"}).aws_node_checkpoint
+    assert other == Path("/srv/ipam.json")
+    assert load([], {"VPCNI_AWS_NODE_CHECKPOINT": "none"}).aws_node_checkpoint is None
+    # Built in-process (tests), a node never reads the machine's aws-node state.
+    assert Settings().aws_node_checkpoint is None
+
+
 def test_every_vpc_cni_pool_name() -> None:
     pool = pool_settings(
         {

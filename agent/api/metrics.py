@@ -197,6 +197,16 @@ class NodeCollector:
             c.leases_reconciled,
         )
         yield counter(
+            "vpcni_leases_adopted",
+            "aws-node leases taken over when switching from aws-node in place",
+            c.leases_adopted,
+        )
+        yield counter(
+            "vpcni_leases_not_adopted",
+            "aws-node leases not taken over: address in no block of this node, or leased twice",
+            c.leases_not_adopted,
+        )
+        yield counter(
             "vpcni_del_spool_replayed", "DELs spooled by the plugin, replayed", c.del_spool_replayed
         )
         yield counter(

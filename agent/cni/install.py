@@ -8,7 +8,8 @@ file, and a plugin already there that is newer (by its VERSION answer) is left a
 
 `conflist` writes 10-vpcni.conflist: the template with the VPC CNI's env knobs applied, and
 `portmap` chained with the `portMappings` capability. The agent writes it itself once it is
-ready (`publish_conflist`), so a node stays NotReady until pods can get addresses.
+ready (`publish_conflist`), so a node stays NotReady until pods can get addresses; then it
+moves aws-node's 10-aws.conflist aside (agent.adopt), which sorts first and would win.
 `uninstall` removes the conflist and the vpcni binary (loopback and portmap may serve others).
 
     python -m agent.cni.install plugins --from build --from /usr/lib/cni /host/opt/cni/bin
@@ -29,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import adopt
 from agent.store import write_atomic
 
 log = logging.getLogger("vpcni.cni.install")
@@ -213,6 +215,8 @@ def publish_conflist(env: Mapping[str, str]) -> Path | None:
     dest = paths.conf_dir / CONFLIST_NAME
     install_conflist(paths.template, dest, env, paths.bin_dir)
     log.info("CNI network config written", extra={"path": str(dest)})
+    # Only now: a node switching from aws-node must never be without a network config.
+    adopt.retire_aws_node_conflist(paths.conf_dir)
     return dest
 
 

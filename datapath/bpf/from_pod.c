@@ -1,16 +1,25 @@
 /* tc ingress of each pod's host veth: anti-spoofing, counters, and the pod's way out. */
 #include "vpcni.h"
 
-/* Node-local destinations (the node's own addresses) go through the kernel as usual. */
-static __always_inline int is_local(struct __sk_buff *skb, struct iphdr *ip)
+/* Destinations the kernel does not send out of the pod's ENI go through the kernel as usual:
+ * the node's own addresses, and pods it routes to a host veth without an endpoint entry (pods
+ * the VPC CNI wired before the node switched to vpcni, see agent/adopt.py). */
+static __always_inline int not_via_eni(struct __sk_buff *skb, struct iphdr *ip, __u32 eni_ifindex)
 {
 	struct bpf_fib_lookup fib = {};
+	long found;
 
 	fib.family = AF_INET;
 	fib.ipv4_src = ip->saddr;
 	fib.ipv4_dst = ip->daddr;
 	fib.ifindex = skb->ingress_ifindex;
-	return bpf_fib_lookup(skb, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
+	found = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (found == BPF_FIB_LKUP_RET_NOT_FWDED)
+		return 1;
+	/* fib.ifindex is the egress device once a route matched, whether or not a neighbour
+	 * entry exists yet. */
+	return (found == BPF_FIB_LKUP_RET_SUCCESS || found == BPF_FIB_LKUP_RET_NO_NEIGH) &&
+	       fib.ifindex != eni_ifindex;
 }
 
 /* Hand the packet to the kernel's stack (netfilter, conntrack, policy routing). */
@@ -77,7 +86,7 @@ int from_pod(struct __sk_buff *skb)
 		verdict = deliver_to_pod(skb, ip, dst);
 	} else {
 		eni = enis.lookup(&src->eni_ifindex);
-		if (!eni || is_local(skb, ip) || !forward_hop(ip))
+		if (!eni || not_via_eni(skb, ip, src->eni_ifindex) || !forward_hop(ip))
 			return VPCNI_PASS;
 		struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = eni->gateway};
 		verdict = vpcni_redirect_neigh(src->eni_ifindex, &nh, sizeof(nh), 0);
