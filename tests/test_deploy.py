@@ -26,7 +26,11 @@ from agent.cni import install
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 KUBERNETES_VERSION = "1.31"
-KUSTOMIZATIONS = [DEPLOY, DEPLOY / "overlays" / "custom-networking"]
+KUSTOMIZATIONS = [
+    DEPLOY,
+    DEPLOY / "overlays" / "custom-networking",
+    DEPLOY / "overlays" / "metrics-loopback",
+]
 
 
 def _patch(doc: Any, op: dict[str, Any]) -> None:
@@ -245,3 +249,15 @@ def test_iam_policy_lists_exactly_the_ec2_actions_the_adapter_calls() -> None:
     called = ec2_actions_called()
     assert "CreateNetworkInterface" in called  # the scan found the adapter's calls
     assert {a.removeprefix("ec2:") for a in granted} == called
+
+
+def test_the_metrics_loopback_overlay_binds_metrics_to_loopback() -> None:
+    # Issue 8.6: pods on the node can reach the default :61678; deploy/ offers a loopback bind.
+    [daemonset] = [
+        o for o in render(DEPLOY / "overlays" / "metrics-loopback") if o["kind"] == "DaemonSet"
+    ]
+    env = {
+        e["name"]: e.get("value")
+        for e in daemonset["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["VPCNI_METRICS_BIND_ADDRESS"] == "127.0.0.1:61678"
