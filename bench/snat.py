@@ -28,18 +28,11 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from bench.traffic import ENI
 from datapath.factory import make_datapath
-from datapath.port import EniLink, PodNetwork
+from datapath.port import PodNetwork
 from datapath.sandbox import Sandbox
 
-ENI = EniLink(
-    eni_id="eni-bench",
-    device_number=0,
-    mac="02:00:0a:00:00:0a",
-    primary=True,
-    primary_ip=IPv4Address("10.0.0.10"),
-    subnet_cidr=IPv4Network("10.0.0.0/24"),
-)
 VPC = IPv4Network("10.0.0.0/16")
 POD_IP = IPv4Address("10.0.0.21")
 SECONDS = 4

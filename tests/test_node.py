@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +19,7 @@ from agent.pods import NodeError, PodRequest
 from agent.settings import Settings
 from datapath.port import NoDatapath, PodNetwork, WiredPod
 from tests import fakes
+from tests.conftest import Make
 
 NETWORK = "vpcni"
 
@@ -41,25 +40,6 @@ def req(container_id: str, ifname: str = "eth0", network: str = NETWORK) -> PodR
 def saved(s: Settings) -> dict[IPAMKey, Lease]:
     """The leases in the checkpoint file, by key."""
     return {lease.key: lease for lease in store.read(s.checkpoint_path).leases}
-
-
-Make = Callable[..., Node]
-
-
-@pytest.fixture
-async def make() -> AsyncIterator[Make]:
-    """Builds nodes (fakes.node's arguments) and stops every started one at teardown."""
-    built: list[Node] = []
-
-    def build(w: fakes.World, s: Settings, **kwargs: Any) -> Node:
-        n = fakes.node(w, s, **kwargs)
-        built.append(n)
-        return n
-
-    yield build
-    for n in built:
-        if n.ready and n.accepting:
-            await n.stop()
 
 
 # -- start-up ----------------------------------------------------------------------------------

@@ -8,21 +8,19 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from agent import store
 from agent.ipam import checkpoint
 from agent.ipam.state import IPAMKey, Lease
-from agent.node import Node
 from agent.pods import PodRequest
-from agent.settings import Settings
 from datapath.port import NoDatapath, WiredAddress
 from tests import fakes
+from tests.conftest import Make
 
 
 class WiredNode(NoDatapath):
@@ -35,24 +33,6 @@ class WiredNode(NoDatapath):
         return [
             WiredAddress(ip=ip, host_veth=f"eni{i:011x}") for i, ip in enumerate(self.addresses)
         ]
-
-
-Make = Callable[..., Node]
-
-
-@pytest.fixture
-async def make() -> AsyncIterator[Make]:
-    built: list[Node] = []
-
-    def build(w: fakes.World, s: Settings, **kwargs: Any) -> Node:
-        n = fakes.node(w, s, **kwargs)
-        built.append(n)
-        return n
-
-    yield build
-    for n in built:
-        if n.ready and n.accepting:
-            await n.stop()
 
 
 def lease(name: str, ip: IPv4Address, prefix: IPv4Network, eni_id: str) -> Lease:
