@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import ExitStack
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -30,9 +29,10 @@ pytestmark = [pytest.mark.root, needs_root]
 if ROOT:
     from datapath.factory import make_datapath
     from datapath.modes import BpfDatapath
-    from datapath.sandbox import Sandbox
     from tests.test_datapath_netns import ENI0, ENI1, VPC_CIDRS, Node, netns_name, wire
-    from tests.test_snat_netns import flows, whoami
+
+    # `node`: the sandbox node with two ENIs and an internet host, as the SNAT tests use it.
+    from tests.test_snat_netns import flows, node, whoami  # noqa: F401
 
 PORTMAP = Path("/usr/lib/cni/portmap")
 NODE_IP = IPv4Address("10.0.0.10")  # ENI0's primary IP
@@ -43,20 +43,6 @@ MODES = [
     pytest.param("bpf-external-snat", marks=[needs_bcc, pytest.mark.bcc]),
     "kernel",
 ]
-
-
-@pytest.fixture
-def node() -> Iterator[Node]:
-    box = Sandbox(f"vpv{os.getpid() % 100000}x{time.monotonic_ns() % 10000}")
-    n = Node(box)
-    try:
-        box.up()
-        box.attach_eni(ENI0)
-        box.attach_eni(ENI1)
-        box.internet_up()
-        yield n
-    finally:
-        n.cleanup()
 
 
 @pytest.fixture(params=MODES)
