@@ -229,6 +229,7 @@ async def _start(
         shutdown_timeout=10,
         keepalive_timeout=HEADER_TIMEOUT,
         logger=HTTP_LOG,
+        tcp_keepalive=False,  # meaningless on a Unix socket, and a socket object per connection
     )
     await runner.setup()
     runners.append(runner)
