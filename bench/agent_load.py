@@ -134,70 +134,37 @@ def _body(container: str, netns: str) -> bytes:
 
 
 async def _churn(
-    agent: Agent, *, clients: int, pairs: int, netns: str, tag: str
+    agent: Agent, *, clients: int, pairs: int, netns: str, tag: str, rate: float | None = None
 ) -> dict[str, float]:
-    """`pairs` ADD+DEL pairs from `clients` concurrent clients."""
-    latencies: list[float] = []
-    failures = 0
-    counter = iter(range(pairs))
+    """`pairs` ADD+DEL pairs from `clients` concurrent clients.
 
-    async def client() -> None:
-        nonlocal failures
-        for n in counter:
-            body = _body(f"{tag}-{n}", netns)
-            for verb in ("add", "del"):
-                status, seconds = await _request(agent.socket, verb, body)
-                latencies.append(seconds)
-                failures += status != 200
-
-    cpu, own = agent.cpu_s(), time.process_time()
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    elapsed = time.perf_counter() - started
-    cpu, own = agent.cpu_s() - cpu, time.process_time() - own
-    latencies.sort()
-    return {
-        "clients": clients,
-        "pairs": pairs,
-        "pairs_s": round(pairs / elapsed),
-        "p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
-        "max_ms": round(latencies[-1] * 1000, 2),
-        "agent_cpu_ms_per_pair": round(cpu * 1000 / pairs, 2),
-        "client_cpu_ms_per_pair": round(own * 1000 / pairs, 2),
-        "failures": failures,
-    }
-
-
-async def _paced(
-    agent: Agent, *, clients: int, rate: float, seconds: float, netns: str, tag: str
-) -> dict[str, float]:
-    """ADD+DEL pairs offered at `rate` pairs/s by `clients` concurrent clients (open loop, as
-    pods arrive on a node: they do not wait for each other). Pair n is due at n/rate s; a
-    client takes the next due pair, sends its ADD when due (at once if late) and its DEL when
-    the ADD is answered. An ADD's latency counts from when it was due, so a client that fell
-    behind shows in the figures instead of slowing the offer down (no coordinated omission)."""
-    pairs = int(rate * seconds)
+    Closed loop (`rate` None): a client sends its next request when the last is answered.
+    Open loop: pairs are offered at `rate` pairs/s, as pods arrive on a node (they do not wait
+    for each other): pair n is due at n/rate s, a client takes the next due pair, sends its ADD
+    when due (at once if late) and its DEL when the ADD is answered. An ADD's latency counts
+    from when it was due, so a client that fell behind shows in the figures instead of slowing
+    the offer down (no coordinated omission)."""
     latencies: list[float] = []
     failures = 0
     counter = iter(range(pairs))
     loop = asyncio.get_running_loop()
-    start = loop.time() + 0.05
+    start = loop.time() + (0.05 if rate else 0.0)
 
     async def client() -> None:
         nonlocal failures
         for n in counter:
-            due = start + n / rate
-            if (delay := due - loop.time()) > 0:
-                await asyncio.sleep(delay)
+            late = 0.0
+            if rate:
+                due = start + n / rate
+                if (delay := due - loop.time()) > 0:
+                    await asyncio.sleep(delay)
+                late = max(0.0, loop.time() - due)
             body = _body(f"{tag}-{n}", netns)
-            late = max(0.0, loop.time() - due)
-            status, seconds = await _request(agent.socket, "add", body)
-            latencies.append(late + seconds)
-            failures += status != 200
-            status, seconds = await _request(agent.socket, "del", body)
-            latencies.append(seconds)
-            failures += status != 200
+            for verb in ("add", "del"):
+                status, seconds = await _request(agent.socket, verb, body)
+                latencies.append(late + seconds)
+                late = 0.0
+                failures += status != 200
 
     cpu, own = agent.cpu_s(), time.process_time()
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -206,7 +173,7 @@ async def _paced(
     latencies.sort()
     return {
         "clients": clients,
-        "offered_pairs_s": rate,
+        **({"offered_pairs_s": rate} if rate else {}),
         "pairs": pairs,
         "pairs_s": round(pairs / elapsed),
         "p50_ms": round(statistics.median(latencies) * 1000, 2),
@@ -249,7 +216,9 @@ def run(*, quick: bool = False) -> dict[str, Any]:
             asyncio.run(_churn(agent, clients=32, pairs=200, netns=path, tag="warm"))
             many = asyncio.run(_churn(agent, clients=32, pairs=pairs32, netns=path, tag="c32"))
             paced = [
-                asyncio.run(_paced(agent, clients=32, rate=r, seconds=secs, netns=path, tag=f"{r}"))
+                asyncio.run(
+                    _churn(agent, clients=32, pairs=int(r * secs), netns=path, tag=f"{r}", rate=r)
+                )
                 for r in rates
             ]
             empty = asyncio.run(_churn(agent, clients=1, pairs=pairs1, netns=path, tag="c1e"))
