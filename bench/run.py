@@ -9,6 +9,7 @@ minute on an idle 2-vCPU machine); its figures are noisier and the report says i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -74,6 +75,10 @@ def collect(quick: bool) -> dict[str, Any]:
         pods, concurrent = (10, 20) if quick else (40, 100)
         for mode in modes:
             _part(results, f"cni_{mode}", _cni_part(cni.run, pods, mode, concurrent))
+        from bench import wiring
+
+        for mode in modes:
+            _part(results, f"wiring_{mode}", _wiring_part(wiring.run, mode, 20 if quick else 100))
     if not quick:
         from bench import burst, fleet, traffic
 
@@ -92,6 +97,10 @@ def collect(quick: bool) -> dict[str, Any]:
 
 def _cni_part(run: Callable[..., Any], pods: int, mode: str, concurrent: int) -> Callable[[], Any]:
     return lambda: run(pods=pods, datapath=mode, concurrent=concurrent)
+
+
+def _wiring_part(run: Callable[..., Any], mode: str, pods: int) -> Callable[[], Any]:
+    return lambda: asyncio.run(run(mode, pods))
 
 
 # -- goals -------------------------------------------------------------------------------------
@@ -153,7 +162,7 @@ def goals(r: dict[str, Any]) -> list[Goal]:
             if disk
             else ""
         )
-        at = next((p for p in load_run["paced_32"] if p["offered_pairs_s"] == 2000), None)
+        at = next((p for p in load_run.get("paced_32", []) if p["offered_pairs_s"] == 2000), None)
         if at is not None:
             out.append(Goal(
                 "durable ADD+DEL pairs/s, socket, 32 clients (`--datapath none`)",
@@ -190,6 +199,19 @@ def goals(r: dict[str, Any]) -> list[Goal]:
             st["journal_5000_over_5"] <= 1.5,
             "a commit appends the changed keys only; the snapshot is rewritten off the event "
             "loop when the journal outgrows it",
+        ))  # fmt: skip
+    wired = r.get("wiring_bpf")
+    if _ok(wired) and _ok(bpf):
+        out.append(Goal(
+            "wiring one pod (bpf): worker time and agent CPU per ADD",
+            "≤ 4 ms of worker time, ≤ 5 ms of agent CPU",
+            f"wire {wired['wire_ms']} ms ({wired['wire_cpu_ms']} ms CPU), unwire "
+            f"{wired['unwire_ms']} ms; agent CPU per ADD through the plugin "
+            f"{bpf['vpcni_agent_cpu_per_add_ms']} ms",
+            wired["wire_ms"] <= 4 and bpf["vpcni_agent_cpu_per_add_ms"] <= 5,
+            "one veth + addresses + routes + BPF map entry in four netlink round trips on a "
+            "kept per-netns socket (datapath/rtnl.py); the rest of an ADD's CPU is the HTTP "
+            "request and the checkpoint",
         ))  # fmt: skip
     cpu_rows = [c for c in (bpf, kernel) if _ok(c)]
     if cpu_rows:
@@ -400,7 +422,7 @@ def _details(r: dict[str, Any]) -> list[str]:
         runs = [
             *(
                 (f"32 clients, {p['offered_pairs_s']} pairs/s offered (open loop)", p)
-                for p in lo["paced_32"]
+                for p in lo.get("paced_32", [])
             ),
             ("32 clients, closed loop (capacity)", lo["clients_32"]),
             ("1 client, 0 live leases", lo["client_1_leases_0"]),
@@ -446,6 +468,24 @@ def _details(r: dict[str, Any]) -> list[str]:
             "",
             f"Agent CPU per ADD+DEL pair {c['agent_cpu_ms_per_pair']} ms; agent RSS after the "
             f"pods {c['agent_rss_mib']} MiB (emulator included).",
+            "",
+        ]
+    wiring_rows = [w for w in (r.get("wiring_bpf"), r.get("wiring_kernel")) if _ok(w)]
+    if wiring_rows:
+        out += [
+            f"## Wiring one pod, in-process ({wiring_rows[0]['pods']} pods; median ms)",
+            "",
+            "`bench/wiring.py`: the datapath's `wire` and `unwire` against a sandbox node, "
+            "each pod's netns made beforehand; CPU is the process's (the worker thread's, the "
+            "event loop idles meanwhile).",
+            "",
+            "| mode | wire | wire CPU | unwire | unwire CPU |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {w['mode']} | {w['wire_ms']} | {w['wire_cpu_ms']} | {w['unwire_ms']} | "
+                f"{w['unwire_cpu_ms']} |"
+                for w in wiring_rows
+            ),
             "",
         ]
     gcp = r.get("gc_pause")
