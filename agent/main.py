@@ -254,8 +254,16 @@ async def _datapath(settings: Settings, identity: NodeIdentity) -> Datapath:
     )
 
 
+# How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms). The
+# journal's fdatasync, boto3 and netlink run on worker threads; each needs the GIL back for a
+# moment after its system call, and a busy event loop would make every durable reply wait up
+# to the default's 5 ms for it.
+SWITCH_INTERVAL = 0.0005
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `vpcni-agent`."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         settings = load(sys.argv[1:] if argv is None else argv, os.environ)
     except SettingsError as e:

@@ -134,9 +134,18 @@ class Pods:
         # Wiring and the checkpoint write are independent and both must finish before the
         # reply: run them side by side (a lease on disk for a pod not yet wired is harmless:
         # the runtime retries ADD, which returns it, or DELs it).
-        wiring, committing = await asyncio.gather(
-            self.datapath.wire(pod), self.store.commit(), return_exceptions=True
-        )
+        commit = asyncio.ensure_future(self.store.commit())
+        wiring: WiredPod | BaseException
+        try:
+            wiring = await self.datapath.wire(pod)
+        except BaseException as e:  # a cancel too: the commit is awaited before it goes on
+            wiring = e
+        committing: BaseException | None
+        try:
+            await commit
+            committing = None
+        except BaseException as e:
+            committing = e
         for outcome in (wiring, committing):
             if isinstance(outcome, DatapathError | StoreError):
                 await self._undo_add(req, lease, pod, fresh, outcome)

@@ -2,7 +2,9 @@
 
 One decision in flight at a time. Rounds run on wake-ups (an ADD found the pool short, a DEL
 freed an address) and on a jittered period; after an EC2 failure they wait out the executor's
-pause, wake-ups included.
+pause, wake-ups included. A wake-up with an ADD waiting starts a round at once; the others (the
+pool changed under an ADD or a DEL) are gathered for COALESCE seconds into one round, so a node
+serving thousands of requests a second does not plan once per request.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from agent.resync import Resync
 from agent.settings import Settings
 
 log = logging.getLogger("vpcni.pool")
+
+# How long wake-ups without a waiting ADD are gathered: far below EC2's latency (an action takes
+# 100s of ms), far above the time between requests of a busy node.
+COALESCE = 0.02
 
 
 class PoolManager:
@@ -53,6 +59,7 @@ class PoolManager:
         self.waiting = 0  # ADDs waiting for an address: demand the planner sizes growth by
         self.changed = asyncio.Condition()  # notified after every executed action
         self._wake = asyncio.Event()
+        self._soon: asyncio.TimerHandle | None = None  # a gathered wake-up, due
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
@@ -60,15 +67,14 @@ class PoolManager:
         """Start the manager's loop and run a round now: a node that restarts with pods to
         place must not make their ADDs wait for the first timer tick."""
         self._task = asyncio.create_task(self._run(), name="pool-manager")
-        self.wake()
+        self._wake.set()
 
     async def stop(self) -> None:
         """Stop after the action in flight (if any)."""
         self._closing = True
+        if self._soon is not None:
+            self._soon.cancel()
         if self._task is not None:
-            # The flag, not only the cancel: on Python 3.11 `wait_for` swallows a cancel that
-            # lands just as its inner wait finishes (a wake-up), and the manager would then
-            # sleep a whole period before SIGTERM can finish.
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -79,7 +85,14 @@ class PoolManager:
         return self._task
 
     def wake(self) -> None:
-        """Ask for a round soon."""
+        """Ask for a round: now if an ADD waits for an address, else within COALESCE."""
+        if self.waiting:
+            self._wake.set()
+        elif self._soon is None and not self._wake.is_set():
+            self._soon = asyncio.get_running_loop().call_later(COALESCE, self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._soon = None
         self._wake.set()
 
     def decide(self) -> Decision:
@@ -94,14 +107,21 @@ class PoolManager:
         )
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._closing:
             period = self.settings.pool_period * (0.8 + 0.4 * self.rng.random())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=period)
+            tick = loop.call_later(period, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                tick.cancel()
             pause = self.executor.pause()
             if pause > 0:  # EC2 asked us to slow down: wake-ups wait too
                 await asyncio.sleep(pause)
             self._wake.clear()
+            if self._soon is not None:  # this round covers it
+                self._soon.cancel()
+                self._soon = None
             if self._closing:
                 return
             try:

@@ -153,15 +153,20 @@ def goals(r: dict[str, Any]) -> list[Goal]:
             if disk
             else ""
         )
-        out.append(Goal(
-            "durable ADD+DEL pairs/s, socket, 32 clients (`--datapath none`)",
-            "≥ 2,000 pairs/s at p99 ≤ 5 ms",
-            f"{many['pairs_s']} pairs/s, p50 {many['p50_ms']} ms, p99 {many['p99_ms']} ms",
-            many["pairs_s"] >= 2000 and many["p99_ms"] <= 5,
-            f"agent CPU {many['agent_cpu_ms_per_pair']} ms per pair (the client's "
-            f"{many['client_cpu_ms_per_pair']} ms) on 2 vCPUs at load average {load}; "
-            + disk_note,
-        ))  # fmt: skip
+        at = next((p for p in load_run["paced_32"] if p["offered_pairs_s"] == 2000), None)
+        if at is not None:
+            out.append(Goal(
+                "durable ADD+DEL pairs/s, socket, 32 clients (`--datapath none`)",
+                "≥ 2,000 pairs/s at p99 ≤ 5 ms",
+                f"2,000 pairs/s offered by 32 clients: {at['pairs_s']} served, p50 "
+                f"{at['p50_ms']} ms, p99 {at['p99_ms']} ms; capacity (closed loop) "
+                f"{many['pairs_s']} pairs/s",
+                at["pairs_s"] >= 0.98 * 2000 and at["p99_ms"] <= 5,
+                f"agent CPU {at['agent_cpu_ms_per_pair']} ms per pair (the client's "
+                f"{at['client_cpu_ms_per_pair']} ms): one event loop at "
+                f"{round(at['agent_cpu_ms_per_pair'] * 2000 / 10)}% of a vCPU, on 2 vCPUs at "
+                f"load average {load}; " + disk_note,
+            ))  # fmt: skip
         empty, full = load_run["client_1_leases_0"], load_run["client_1_leases_live"]
         out.append(Goal(
             f"1-client pairs/s at {load_run['live_leases']} live leases vs at 0",
@@ -383,17 +388,25 @@ def _details(r: dict[str, Any]) -> list[str]:
             "## The agent's socket (`--datapath none`)",
             "",
             "`bench/agent_load.py`: ADD+DEL pairs through the Unix socket, a fresh connection "
-            "per request as the plugin makes, every reply after its fsync.",
+            "per request as the plugin makes, every reply after its fsync. Open loop: pairs "
+            "offered at a fixed rate, latency counted from when each ADD was due (a client "
+            "that falls behind shows, no coordinated omission). Closed loop: each client sends "
+            "when answered, so 32 requests are always in flight and each waits 32 / (requests "
+            "per s) on average by Little's law; it measures capacity, not latency.",
             "",
             "| run | pairs/s | p50 ms | p99 ms | max ms | agent CPU ms/pair | client CPU ms/pair |",
             "|---|---|---|---|---|---|---|",
         ]
-        for label, key in (
-            ("32 clients", "clients_32"),
-            ("1 client, 0 live leases", "client_1_leases_0"),
-            (f"1 client, {lo['live_leases']} live leases", "client_1_leases_live"),
-        ):
-            x = lo[key]
+        runs = [
+            *(
+                (f"32 clients, {p['offered_pairs_s']} pairs/s offered (open loop)", p)
+                for p in lo["paced_32"]
+            ),
+            ("32 clients, closed loop (capacity)", lo["clients_32"]),
+            ("1 client, 0 live leases", lo["client_1_leases_0"]),
+            (f"1 client, {lo['live_leases']} live leases", lo["client_1_leases_live"]),
+        ]
+        for label, x in runs:
             out.append(
                 f"| {label} | {x['pairs_s']} | {x['p50_ms']} | {x['p99_ms']} | {x['max_ms']} | "
                 f"{x['agent_cpu_ms_per_pair']} | {x['client_cpu_ms_per_pair']} |"

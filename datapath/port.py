@@ -152,6 +152,7 @@ class NoDatapath:
     """`--datapath none`: IPAM only, nothing is wired."""
 
     mode = "none"
+    _node_netns: frozenset[tuple[int, int]] | None = None  # learnt at the first ADD
 
     async def start(self, enis: Sequence[EniLink]) -> None:
         return None
@@ -167,8 +168,10 @@ class NoDatapath:
         (a missing one is fine: this mode never enters it)."""
         from datapath.netns import node_netns, open_pod_netns
 
+        if self._node_netns is None:  # the node's own namespaces do not change
+            self._node_netns = node_netns()
         try:
-            os.close(open_pod_netns(pod.netns, node_netns()))
+            os.close(open_pod_netns(pod.netns, self._node_netns))
         except DatapathError as e:
             if not e.missing_netns:
                 raise

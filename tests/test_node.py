@@ -7,10 +7,11 @@ import asyncio
 import shutil
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent import store
+from agent import pool, store
 from agent.cloud.port import Throttled
 from agent.ipam import checkpoint, instances
 from agent.ipam.state import IPAMKey, Lease
@@ -278,6 +279,36 @@ async def test_del_is_idempotent_and_releases_into_cooldown(tmp_path: Path, make
     await n.delete(req("c2"))
     third = await n.add(req("c3"))
     assert third.lease.ip == first.lease.ip
+
+
+async def test_a_burst_of_requests_is_one_planner_round_not_one_each(
+    tmp_path: Path, make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every ADD and DEL changes the pool and wakes the manager; a round per request cost a
+    # busy node a planner pass (O(blocks)) per request. Wake-ups with no ADD waiting are
+    # gathered for pool.COALESCE (long here, so that the count does not depend on speed): a
+    # burst the warm pool covers is planned once, after it.
+    monkeypatch.setattr(pool, "COALESCE", 1.0)
+    w = fakes.world(instance_type="m5.24xlarge")
+    s = fakes.settings(tmp_path, warm_prefix_target=8, ip_cooldown_period=0)
+    n = make(w, s)
+    await n.start()
+    await n.add(req("first"))
+    await fakes.until(lambda: n.decide().action is None, what="the pool settles")
+    rounds = 0
+    decide = n.pool.decide
+
+    def counted() -> Any:
+        nonlocal rounds
+        rounds += 1
+        return decide()
+
+    monkeypatch.setattr(n.pool, "decide", counted)
+    await asyncio.gather(*(n.add(req(f"c{i}")) for i in range(100)))
+    await asyncio.gather(*(n.delete(req(f"c{i}")) for i in range(100)))
+    during = rounds
+    assert during <= 1, f"{during} planner rounds during 200 requests"
+    await fakes.until(lambda: rounds > during, what="the gathered round")
 
 
 async def test_concurrent_dels_of_one_key_both_answer_after_the_release_is_durable(

@@ -199,6 +199,35 @@ async def test_slow_and_stalled_clients_are_cut_off_while_others_are_served(
     assert b" 200 " in results[-1]
 
 
+def kept_alive(path: Path) -> tuple[bytes, bytes]:
+    """Two requests on one kept-alive connection, then silence: (what came back before the
+    silence, what came after it until the server closed)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        answers = b""
+        for _ in range(2):
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: vpcni\r\n\r\n")
+            answer = s.recv(65536)
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                answer += s.recv(65536)
+            answers += answer
+        return answers, read_all(s)
+
+
+@pytest.mark.usefixtures("short_deadlines")
+async def test_a_kept_alive_connection_gets_a_deadline_after_each_answer(
+    node: Node, sock_dir: Path
+) -> None:
+    # The deadline is re-armed only for connections kept alive (a plugin's close at once):
+    # an idle one must still be cut off after its answers, not held open for ever.
+    path = sock_dir / "a.sock"
+    async with serving(node, path):
+        answers, after = await asyncio.to_thread(kept_alive, path)
+    assert answers.count(b"HTTP/1.1 200 ") == 2
+    assert after == b""  # closed by the server (read_all returned), nothing more said
+
+
 async def test_a_client_gone_mid_body_is_one_debug_line(
     node: Node, sock_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -131,15 +131,22 @@ class GuardedUnixSite(web.BaseSite):
 
 
 @web.middleware
-async def deadlines(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """No connection deadline while a request is served; its body must arrive in time."""
+async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No connection deadline while a request is served, but its body must arrive in time;
+    any bug in a handler becomes a 500 with a CNI error body and the agent keeps serving.
+    (One middleware, not two: each layer costs every request of a busy node.)"""
     guard = request.app.get(GUARD)
     protocol = request.protocol
     if guard is not None:
         guard.disarm(protocol)
     try:
         length = request.content_length
-        if request.body_exists and (length is None or length <= cni.MAX_BODY):
+        # A plugin's body comes with its head: only a body still on its way needs a deadline.
+        if (
+            request.body_exists
+            and not request.content.is_eof()
+            and (length is None or length <= cni.MAX_BODY)
+        ):
             try:
                 async with asyncio.timeout(BODY_TIMEOUT):
                     await request.content.wait_eof()  # buffered, not consumed: handlers read it
@@ -156,16 +163,6 @@ async def deadlines(request: web.Request, handler: Handler) -> web.StreamRespons
                 gone.force_close()  # never delivered: the connection is gone
                 return gone
         return await handler(request)
-    finally:
-        if guard is not None and protocol.transport is not None:
-            guard.arm(protocol)
-
-
-@web.middleware
-async def never_die(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Any bug in a handler becomes a 500 with a CNI error body; the agent keeps serving."""
-    try:
-        return await handler(request)
     except web.HTTPException as e:
         return cni.error_response(
             7 if e.status == 404 else 6, e.reason or "bad request", status=e.status
@@ -173,13 +170,18 @@ async def never_die(request: web.Request, handler: Handler) -> web.StreamRespons
     except Exception as e:
         log.exception("request failed", extra={"path": request.path})
         return cni.error_response(999, "internal error", repr(e)[:300], status=500)
+    finally:
+        # The idle deadline of a kept-alive connection; one that closes after this answer (a
+        # plugin's, always) needs none.
+        if guard is not None and protocol.transport is not None and request.keep_alive:
+            guard.arm(protocol)
 
 
 def app(
     node: Node, routes: list[web.RouteDef], guard: ConnectionGuard | None = None
 ) -> web.Application:
     """An app serving `routes` for `node`; with a guard, its connections have deadlines."""
-    application = web.Application(middlewares=[never_die, deadlines], client_max_size=cni.MAX_BODY)
+    application = web.Application(middlewares=[guarded], client_max_size=cni.MAX_BODY)
     application[NODE] = node
     if guard is not None:
         application[GUARD] = guard
@@ -227,6 +229,7 @@ async def _start(
         shutdown_timeout=10,
         keepalive_timeout=HEADER_TIMEOUT,
         logger=HTTP_LOG,
+        tcp_keepalive=False,  # meaningless on a Unix socket, and a socket object per connection
     )
     await runner.setup()
     runners.append(runner)
