@@ -116,7 +116,8 @@ def render(view: str, doc: Any, console: Console) -> None:
     elif view == "pool":
         s = doc["stats"]
         console.print(
-            f"mode [bold]{doc['mode']}[/] on {doc['instance_type']}, max pods {doc['max_pods']}: "
+            f"mode [bold]{doc['mode']}[/] on {doc['instance_type']}, max pods {doc['max_pods']} "
+            f"({doc['max_pods_source']}): "
             f"total {s['total']}, assigned {s['assigned']}, available {s['available']}, "
             f"cooling {s['cooling']}, prefixes {s['prefixes']} ({s['free_prefixes']} free), "
             f"short {doc['short']}, over {doc['over']}"

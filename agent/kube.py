@@ -1,11 +1,14 @@
-"""The Kubernetes port: which ENIConfig this node uses, watched (read-only) as aws-node does.
+"""The Kubernetes port: this node's max pods and its ENIConfig, watched (read-only) as aws-node
+reads them.
 
-Two reflectors (client-go's pattern: list, watch from the list's resourceVersion, re-list on
-410 Gone, back off on errors) follow this node (`MY_NODE_NAME`) and the cluster's ENIConfigs
-(`crd.k8s.amazonaws.com/v1alpha1`). After every change the pure `select_eni_config` names the
-node's ENIConfig and the rest of the agent gets it as a value (`EniConfigChoice`), never the
-stream. Nothing here sits on an ADD or DEL's path: pods already have what they need, and an
-unreachable API server shows in `KubeStatus` (`/readyz` details, metrics) instead.
+Reflectors (client-go's pattern: list, watch from the list's resourceVersion, re-list on 410
+Gone, back off on errors) follow this node (`MY_NODE_NAME`) and, with custom networking, the
+cluster's ENIConfigs (`crd.k8s.amazonaws.com/v1alpha1`). After every change the rest of the
+agent gets values, never the stream: the Node's `status.capacity.pods` (the kubelet's
+--max-pods, which ipamd takes as its maxPods when it has the API server) and the pure
+`select_eni_config`'s choice (`EniConfigChoice`). Nothing here sits on an ADD or DEL's path:
+pods already have what they need, and an unreachable API server shows in `KubeStatus`
+(`/readyz` details, metrics) instead; what was learned stays in force meanwhile.
 """
 
 from __future__ import annotations
@@ -72,6 +75,24 @@ def select_eni_config(
     )
 
 
+def capacity_pods(capacity: Mapping[str, Any] | None) -> int | None:
+    """The Node's `status.capacity.pods` (what the kubelet's --max-pods made it) as a whole
+    number, as ipamd reads it; None when the Node has none. ValueError when it is not a
+    positive whole quantity ("110", "1k"; not "1.5" or "-3")."""
+    from lightkube.utils.quantity import parse_quantity
+
+    text = (capacity or {}).get("pods")
+    if text is None:
+        return None
+    try:
+        amount = parse_quantity(str(text))
+    except ValueError:
+        amount = None
+    if amount is None or amount != amount.to_integral_value() or amount <= 0:
+        raise ValueError(f"capacity.pods {text!r} is not a positive whole number")
+    return int(amount)
+
+
 @dataclass(slots=True)
 class KubeStatus:
     """How the watch on the API server is doing (for /readyz details and metrics)."""
@@ -104,15 +125,17 @@ class KubeStatus:
         }
 
 
-class EniConfigWatch:
-    """Follows the node and the ENIConfigs; calls `on_change` with each new choice."""
+class KubeWatch:
+    """Follows this node (its capacity.pods) and, when `on_eni_config` is given, the
+    ENIConfigs; calls back with each new value."""
 
     def __init__(
         self,
         *,
         client: Any,  # lightkube.AsyncClient (untyped here so tests and mypy need no stubs)
         node_name: str,
-        on_change: Callable[[EniConfigChoice], None],
+        on_max_pods: Callable[[int | None], None],
+        on_eni_config: Callable[[EniConfigChoice], None] | None = None,
         annotation_key: str = DEFAULT_ANNOTATION,
         label_key: str = DEFAULT_LABEL,
         clock: Callable[[], float] = time.time,
@@ -123,13 +146,17 @@ class EniConfigWatch:
 
         self.client = client
         self.node_name = node_name
-        self.on_change = on_change
+        self.on_max_pods = on_max_pods
+        self.on_eni_config = on_eni_config
         self.annotation_key = annotation_key
         self.label_key = label_key
         self.clock = clock
         self.rng = rng or random.Random()
         self.status = KubeStatus()
         self.choice: EniConfigChoice | None = None
+        # The Node's capacity.pods as last handed on (None: no Node, none set, or unreadable).
+        self.max_pods: int | None = None
+        self._capacity_error = ""
         self._node_kind = Node
         self._eni_config_kind = create_global_resource(
             group="crd.k8s.amazonaws.com",
@@ -141,12 +168,17 @@ class EniConfigWatch:
         self._eni_configs: dict[str, Any] = {}
         self._synced: set[str] = set()
 
+    @property
+    def follows_eni_configs(self) -> bool:
+        """Does this watch choose the node's ENIConfig (custom networking from the API)?"""
+        return self.on_eni_config is not None
+
     async def run(self) -> None:
         """Watch until cancelled; never raises for the API server's sake."""
-        await asyncio.gather(
-            self._reflect("node", self._node_kind, self._nodes, fields=self.node_name),
-            self._reflect("eniconfigs", self._eni_config_kind, self._eni_configs),
-        )
+        reflectors = [self._reflect("node", self._node_kind, self._nodes, fields=self.node_name)]
+        if self.follows_eni_configs:
+            reflectors.append(self._reflect("eniconfigs", self._eni_config_kind, self._eni_configs))
+        await asyncio.gather(*reflectors)
 
     async def _reflect(
         self, what: str, kind: Any, store: dict[str, Any], fields: str | None = None
@@ -201,9 +233,33 @@ class EniConfigWatch:
         self.status.failed(error, self.clock())
 
     def _recompute(self) -> None:
-        if self._synced != {"node", "eniconfigs"}:
+        if "node" not in self._synced:
             return
         node = self._nodes.get(self.node_name)
+        self._node_capacity(node)
+        if self.follows_eni_configs and "eniconfigs" in self._synced:
+            self._eni_config(node)
+
+    def _node_capacity(self, node: Any) -> None:
+        status = node.status if node is not None else None
+        try:
+            pods = capacity_pods(status.capacity if status is not None else None)
+        except ValueError as e:  # aws-node refuses it too; the calculator's figure stands
+            if str(e) != self._capacity_error:  # once, not at every status update
+                log.error("cannot read max pods from the Node", extra={"error": str(e)})
+            self._capacity_error, pods = str(e), None
+        else:
+            self._capacity_error = ""
+        if pods == self.max_pods:
+            return
+        self.max_pods = pods
+        try:
+            self.on_max_pods(pods)
+        except Exception:  # the watch must outlive a bad consumer
+            log.exception("applying the Node's max pods failed")
+
+    def _eni_config(self, node: Any) -> None:
+        assert self.on_eni_config is not None
         metadata = node.metadata if node is not None else None
         choice = select_eni_config(
             labels=dict(metadata.labels or {}) if metadata else {},
@@ -226,7 +282,7 @@ class EniConfigWatch:
                 },
             )
             try:
-                self.on_change(choice)
+                self.on_eni_config(choice)
             except Exception:  # the watch must outlive a bad consumer
                 log.exception("applying the ENIConfig failed")
 

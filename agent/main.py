@@ -112,8 +112,8 @@ async def run(settings: Settings) -> None:
             new_eni_subnet=subnet,
             new_eni_security_groups=groups,
         )
-        if settings.watches_kubernetes:
-            await _watch_eni_config(settings, node, stack)
+        if settings.node_name:
+            await _watch_kubernetes(settings, node, stack)
         try:
             await node.start()
         except Ec2Error as e:
@@ -173,28 +173,43 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def _watch_eni_config(
+async def _watch_kubernetes(
     settings: Settings, node: Node, stack: contextlib.AsyncExitStack
 ) -> None:
-    """Follow the node's ENIConfig in the Kubernetes API; ENIs wait for it, pods never do."""
+    """Follow this node in the Kubernetes API (its capacity.pods is max pods, as for ipamd) and,
+    with custom networking and no ENIConfig file, its ENIConfig; ENIs wait for that, pods
+    never wait for the API."""
     from agent import kube
 
     assert settings.node_name is not None
+    eni_config = settings.eni_config_from_kubernetes
     try:
         client = kube.client_from_env()
     except Exception as e:  # no service account and no KUBECONFIG
-        raise StartupError(f"custom networking needs the Kubernetes API: {e}") from e
+        if eni_config:
+            raise StartupError(f"custom networking needs the Kubernetes API: {e}") from e
+        log.info(
+            "no Kubernetes API: max pods from the EKS calculator",
+            extra={"max_pods": node.max_pods, "error": str(e)},
+        )
+        return
     stack.push_async_callback(client.close)
-    node.use_eni_config(None, ())
-    watch = kube.EniConfigWatch(
+    if eni_config:
+        node.use_eni_config(None, ())
+    watch = kube.KubeWatch(
         client=client,
         node_name=settings.node_name,
-        on_change=lambda choice: node.use_eni_config(choice.subnet, choice.security_groups),
+        on_max_pods=node.use_node_capacity,
+        on_eni_config=(
+            (lambda choice: node.use_eni_config(choice.subnet, choice.security_groups))
+            if eni_config
+            else None
+        ),
         annotation_key=settings.eni_config_annotation,
         label_key=settings.eni_config_label,
     )
-    node.eni_config_watch = watch
-    task = asyncio.create_task(watch.run(), name="eniconfig-watch")
+    node.kube_watch = watch
+    task = asyncio.create_task(watch.run(), name="kube-watch")
 
     async def stop() -> None:
         task.cancel()

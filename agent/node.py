@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent import adopt
 from agent.cloud.port import Ec2Port, NodeIdentity
@@ -39,7 +40,7 @@ from agent.store import CheckpointStore
 from datapath.port import Datapath, DatapathError
 
 if TYPE_CHECKING:
-    from agent.kube import EniConfigWatch
+    from agent.kube import KubeWatch
 
 log = logging.getLogger("vpcni.node")
 
@@ -47,6 +48,8 @@ log = logging.getLogger("vpcni.node")
 RECOVERED = "recovered:"
 # vpcni reports itself to the max-pods calculator as a CNI with prefix delegation support.
 CNI_VERSION = "1.19.0"
+MAX_PODS_CALCULATOR = "EKS max-pods calculator"
+MAX_PODS_NODE = "Node status.capacity.pods"
 
 
 class Node:
@@ -75,13 +78,20 @@ class Node:
         self.state = NodeState(custom_networking=settings.pool.custom_networking)
         self.backoff = PrefixBackoff()
         self.store = CheckpointStore(settings.checkpoint_path, self.state)
-        self.max_pods = max_pods(
+        calculator = functools.partial(
+            max_pods,
             instance,
             cni_version=CNI_VERSION,
             prefix_delegation=settings.pool.prefix_delegation,
             custom_networking=settings.pool.custom_networking,
             max_eni=settings.pool.max_eni,
         )
+        # Today's figure (eni-max-pods.txt's, the 110/250 cap included) until the Node's
+        # capacity.pods says otherwise; never more than the instance can hold.
+        self.calculated_max_pods = calculator()
+        self.physical_max_pods = calculator(show_max_allowed=True)
+        self.max_pods = self.calculated_max_pods
+        self.max_pods_source = MAX_PODS_CALCULATOR
         self.limits = Limits(
             instance=instance,
             max_pods=self.max_pods,
@@ -141,17 +151,46 @@ class Node:
         )
         self.ready = False
         self.accepting = True
-        # Set when custom networking follows the ENIConfig in the Kubernetes API.
-        self.eni_config_watch: EniConfigWatch | None = None
+        # Set when the agent has the Kubernetes API: the Node (and maybe ENIConfigs) watched.
+        self.kube_watch: KubeWatch | None = None
 
     def use_eni_config(self, subnet: str | None, security_groups: tuple[str, ...]) -> None:
         """Custom networking: new ENIs go to `subnet` with `security_groups` (the primary ENI's
         when empty); None holds ENI creation until the node's ENIConfig exists. ENIs already
         attached keep what they were created with, as in aws-node."""
-        self.limits = dataclasses.replace(self.limits, new_eni_subnet=subnet)
-        self.pool.limits = self.limits
+        self._limit(new_eni_subnet=subnet)
         self.executor.security_groups = security_groups or self.identity.security_groups
         self.wake()
+
+    def use_node_capacity(self, pods: int | None) -> None:
+        """Max pods from the Node's status.capacity.pods (the kubelet's --max-pods), as ipamd
+        takes it when it has the API server; None (no Node, no or an unreadable capacity)
+        falls back to the calculator. Capped at what the instance can hold."""
+        if pods is None:
+            wanted, source = self.calculated_max_pods, MAX_PODS_CALCULATOR
+        elif pods > self.physical_max_pods:
+            wanted = self.physical_max_pods
+            source = f"{MAX_PODS_NODE} {pods}, capped at what {self.instance.name} can hold"
+            log.warning(
+                "Node capacity.pods is more than the instance can hold: capped",
+                extra={"capacity_pods": pods, "max_pods": wanted},
+            )
+        else:
+            wanted, source = pods, MAX_PODS_NODE
+        if (wanted, source) == (self.max_pods, self.max_pods_source):
+            return
+        log.info(
+            f"Updated maxPods from {self.max_pods} to {wanted}",
+            extra={"max_pods_was": self.max_pods, "max_pods": wanted, "source": source},
+        )
+        self.max_pods, self.max_pods_source = wanted, source
+        self._limit(max_pods=wanted)
+        self.wake()
+
+    def _limit(self, **changes: Any) -> None:
+        """New limits for the planner (it is handed them whole, with the next decision)."""
+        self.limits = dataclasses.replace(self.limits, **changes)
+        self.pool.limits = self.limits
 
     @property
     def plans(self) -> deque[PlanRecord]:

@@ -93,7 +93,7 @@ class Settings:
     warnings: tuple[str, ...] = ()
 
     @property
-    def watches_kubernetes(self) -> bool:
+    def eni_config_from_kubernetes(self) -> bool:
         """Does custom networking take the node's ENIConfig from the Kubernetes API?"""
         return self.pool.custom_networking and self.eni_config is None and bool(self.node_name)
 

@@ -87,7 +87,7 @@ class Agent:
             if self.proc.poll() is not None:
                 raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.tail()}")
             try:
-                if self.get("/readyz") == {"ready": True}:
+                if self.get("/readyz").get("ready") is True:
                     return
             except (OSError, urllib.error.URLError):
                 pass

@@ -273,10 +273,16 @@ async def serving(server: FakeApiServer, kubeconfig: Path) -> AsyncIterator[str]
         await runner.cleanup()
 
 
-def node(name: str, *, labels: dict[str, str] | None = None,
-         annotations: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
-    """A Node object as the kubelet registers it (the fields vpcni reads and a few more)."""
-    return {
+def node(
+    name: str,
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    pods: str | None = None,
+) -> dict[str, Any]:
+    """A Node object as the kubelet registers it (the fields vpcni reads and a few more);
+    `pods`: its status.capacity.pods (what the kubelet's --max-pods made it)."""
+    obj: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
@@ -286,6 +292,9 @@ def node(name: str, *, labels: dict[str, str] | None = None,
         },
         "spec": {"providerID": f"aws:///us-west-2a/i-{abs(hash(name)) % 10**17:017x}"},
     }
+    if pods is not None:
+        obj["status"] = {"capacity": {"cpu": "96", "memory": "384Gi", "pods": pods}}
+    return obj
 
 
 def eni_config(name: str, subnet: str, groups: list[str]) -> dict[str, Any]:

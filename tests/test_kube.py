@@ -18,7 +18,7 @@ from agent.ipam.state import IPAMKey
 from agent.kube import (
     DEFAULT_LABEL,
     EniConfigChoice,
-    EniConfigWatch,
+    KubeWatch,
     client_from_env,
     select_eni_config,
 )
@@ -108,7 +108,7 @@ async def test_the_fake_refuses_objects_the_api_server_would() -> None:
 @contextlib.asynccontextmanager
 async def watching(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, label_key: str = DEFAULT_LABEL
-) -> AsyncIterator[tuple[FakeApiServer, EniConfigWatch, list[EniConfigChoice]]]:
+) -> AsyncIterator[tuple[FakeApiServer, KubeWatch, list[EniConfigChoice]]]:
     server = FakeApiServer()
     kubeconfig = tmp_path / "kubeconfig"
     async with serving(server, kubeconfig):
@@ -116,8 +116,12 @@ async def watching(
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         seen: list[EniConfigChoice] = []
         client = client_from_env()
-        watch = EniConfigWatch(
-            client=client, node_name=NODE, on_change=seen.append, label_key=label_key
+        watch = KubeWatch(
+            client=client,
+            node_name=NODE,
+            on_max_pods=lambda pods: None,
+            on_eni_config=seen.append,
+            label_key=label_key,
         )
         task = asyncio.create_task(watch.run())
         try:

@@ -179,8 +179,8 @@ def eni_configs(node: Node) -> dict[str, Any]:
         "subnet": node.limits.new_eni_subnet,
         "securityGroups": list(node.executor.security_groups),
     }
-    watch = node.eni_config_watch
-    if watch is not None:
+    watch = node.kube_watch
+    if watch is not None and watch.follows_eni_configs:
         choice = watch.choice
         out["name"] = choice.name if choice else None
         out["source"] = choice.source if choice else "waiting for the first list"
@@ -229,6 +229,7 @@ def pool(node: Node) -> dict[str, Any]:
             "VPCNI_PREFIX_FALLBACK": settings.prefix_fallback,
         },
         "max_pods": node.max_pods,
+        "max_pods_source": node.max_pods_source,
         "stats": {
             "total": stats.total,
             "assigned": stats.assigned,
@@ -332,8 +333,8 @@ def routes() -> list[web.RouteDef]:
         node = request.app[NODE]
         body: dict[str, Any] = {"ready": node.ready and node.accepting}
         # The API server's state is a detail, not a condition: ADD and DEL never need it.
-        if node.eni_config_watch is not None:
-            body["kubernetes"] = node.eni_config_watch.status.view()
+        if node.kube_watch is not None:
+            body["kubernetes"] = node.kube_watch.status.view()
         return json_response(body, status=200 if body["ready"] else 503)
 
     async def eni_view(request: web.Request) -> web.Response:

@@ -158,12 +158,12 @@ class NodeCollector:
             "The number of IPs force removed while they had assigned pods",
             value=c.force_removed_ips,
         )
-        watch = node.eni_config_watch
+        watch = node.kube_watch
         yield from _startup(c.startup_seconds, with_api_server=watch is not None)
         if watch is not None:
             yield gauge(
                 "vpcni_kubernetes_api_connected",
-                "1 while the ENIConfig watch on the Kubernetes API is connected",
+                "1 while the watch on the Kubernetes API (Node, ENIConfigs) is connected",
                 float(watch.status.connected),
             )
             yield counter(
