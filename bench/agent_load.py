@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,14 @@ class Agent:
     """A `vpcni-agent --datapath none` in a temp dir: on the embedded emulator (`--cloud sim`),
     or, shaped as in production, on EC2 and IMDS served by a separate emulator process."""
 
-    def __init__(self, work: Path, *, instance_type: str = "m5.24xlarge", cloud: str = "sim"):
+    def __init__(
+        self,
+        work: Path,
+        *,
+        instance_type: str = "m5.24xlarge",
+        cloud: str = "sim",
+        env: Mapping[str, str] | None = None,
+    ):
         self.socket = work / "agent.sock"
         self.introspection = f"127.0.0.1:{free_port()}"
         self.metrics = f"127.0.0.1:{free_port()}"
@@ -56,6 +64,7 @@ class Agent:
             "WARM_PREFIX_TARGET": "4",
             "IP_COOLDOWN_PERIOD": "0",
             "AWS_VPC_K8S_CNI_LOGLEVEL": "ERROR",
+            **(env or {}),
         }
         cmd = [
             sys.executable, "-m", "agent.main", "--cloud", cloud, "--datapath", "none",
@@ -185,9 +194,10 @@ async def _churn(
     }
 
 
-async def _live(agent: Agent, count: int, netns: str) -> None:
-    """`count` pods that stay (added 16 at a time; the pool grows as they come)."""
-    for start in range(0, count, 16):
+async def _live(agent: Agent, count: int, netns: str, *, held: int = 0) -> None:
+    """Pods that stay, up to `count` (added 16 at a time; the pool grows as they come), the
+    first `held` of them added already."""
+    for start in range(held, count, 16):
         results = await asyncio.gather(
             *(
                 _request(agent.socket, "add", _body(f"live-{n}", netns))

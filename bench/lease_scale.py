@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +42,6 @@ NODE_NAME = "ip-10-0-0-10.bench.internal"
 # holds 11,762 (the calculator's show_max_allowed figure).
 CAPACITY_PODS = 5100
 GOAL_RATIO = 0.8
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """`Agent` starts the agent with this process's environment: the kubeconfig goes there."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _pool(agent: Agent) -> dict[str, Any]:
@@ -135,8 +119,15 @@ async def _level(
 
 async def _start(work: Path, kubeconfig: Path) -> Agent:
     """An agent in `work` whose max pods come from the Node, its pool grown to hold it."""
+    env = {
+        "KUBECONFIG": str(kubeconfig),
+        "MY_NODE_NAME": NODE_NAME,
+        "MINIMUM_IP_TARGET": str(CAPACITY_PODS),
+        "VPCNI_EC2_QPS": "1000",
+        "VPCNI_EC2_BURST": "1000",
+    }
     # In a thread: the fake API server answers on this loop while the agent starts.
-    agent = await asyncio.to_thread(Agent, work)
+    agent = await asyncio.to_thread(Agent, work, env=env)
     try:
         await _sized_from_node(agent)
     except BaseException:
@@ -154,18 +145,11 @@ async def _measure(work: Path, netns: str, *, pairs: int, runs: int) -> dict[str
     kubeconfig = work / "kubeconfig"
     async with serving(server, kubeconfig), contextlib.AsyncExitStack() as agents:
         await server.put("nodes", node(NODE_NAME, pods=str(CAPACITY_PODS)))
-        with _environ(
-            KUBECONFIG=str(kubeconfig),
-            MY_NODE_NAME=NODE_NAME,
-            MINIMUM_IP_TARGET=str(CAPACITY_PODS),
-            VPCNI_EC2_QPS="1000",
-            VPCNI_EC2_BURST="1000",
-        ):
-            started = await asyncio.gather(
-                _start(work / "loaded", kubeconfig),
-                _start(work / "peer", kubeconfig),
-                return_exceptions=True,
-            )
+        started = await asyncio.gather(
+            _start(work / "loaded", kubeconfig),
+            _start(work / "peer", kubeconfig),
+            return_exceptions=True,
+        )
         agents.push_async_callback(_stop, [a for a in started if isinstance(a, Agent)])
         for failed in started:
             if isinstance(failed, BaseException):
@@ -177,9 +161,9 @@ async def _measure(work: Path, netns: str, *, pairs: int, runs: int) -> dict[str
             await _churn(agent, clients=1, pairs=50, netns=netns, tag="warm")
         checkpoint = work / "loaded" / "state" / "ipam.json"
         levels = []
-        for live in LEVELS:
+        for held, live in zip((0, *LEVELS), LEVELS, strict=False):
             if live:
-                await _live(loaded, live, netns)
+                await _live(loaded, live, netns, held=held)
             levels.append(
                 await _level(
                     loaded, peer, checkpoint, netns=netns, live=live, pairs=pairs, runs=runs
