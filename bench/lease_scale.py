@@ -32,6 +32,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from agent.store import journals
 from bench.agent_load import Agent, _churn, _live, _netns
 from tests.fake_apiserver import FakeApiServer, node, serving
@@ -195,7 +197,7 @@ def run(*, quick: bool) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="vpcni-leases-") as work:
             pairs, runs = (50, 2) if quick else (200, 10)
-            return asyncio.run(
+            return uvloop.run(
                 _measure(Path(work), f"/var/run/netns/{name}", pairs=pairs, runs=runs)
             )
     finally:
