@@ -49,6 +49,7 @@ from agent.ipam.planner import (
     CreateEni,
     DeleteEni,
     Limits,
+    PoolMemory,
     PoolSettings,
     ReleaseBlocks,
     plan,
@@ -67,6 +68,7 @@ BURST_SHARE = 0.1  # pods per burst (a Deployment scaling up), of the node's siz
 POOL_PERIOD = 5.0
 ADD_WAIT = 5.0  # VPCNI_ADD_WAIT_MS
 COOLDOWN = 30.0  # IP_COOLDOWN_PERIOD
+SURPLUS_WINDOW = float(os.environ.get("VPCNI_SURPLUS_WINDOW", "300"))
 THROTTLE_ATTEMPTS = 5
 BACKOFF_BASE, BACKOFF_CAP = 0.2, 10.0
 CLIENT_QPS, CLIENT_BURST = 5.0, 10
@@ -110,18 +112,23 @@ def policies() -> list[Policy]:
     out = []
     for name, pool in base:
         for on in (True, False):
-            out.append(Policy(name=name, pool=replace(pool, prefix_fallback=on), additions=on))
+            out.append(Policy(name=name, pool=_additions(pool, on), additions=on))
     fragmented = PoolSettings(prefix_delegation=True, warm_prefix_target=1)
     for on in (True, False):
         out.append(
             Policy(
                 name="prefix WARM_PREFIX_TARGET=1, fragmented subnets",
-                pool=replace(fragmented, prefix_fallback=on),
+                pool=_additions(fragmented, on),
                 additions=on,
                 fragmentation=0.5,
             )
         )
     return out
+
+
+def _additions(pool: PoolSettings, on: bool) -> PoolSettings:
+    """The pool settings with vpcni's planner additions on (its defaults) or off (ipamd's)."""
+    return replace(pool, prefix_fallback=on, surplus_window=SURPLUS_WINDOW if on else 0.0)
 
 
 @dataclass(slots=True)
@@ -241,6 +248,7 @@ class SimNode:
         self.lifetime = OCCUPANCY * size / self.rate
         self.state = NodeState()
         self.backoff = PrefixBackoff()
+        self.memory = PoolMemory()
         self.instance_id = ""
         self.joined = False
         self.busy = False
@@ -371,7 +379,9 @@ class SimNode:
             backoff=self.backoff,
             now=sim.now,
             pending=len(self.waiting) if self.additions else 0,
+            memory=self.memory,
         )
+        self.memory = decision.memory
         if decision.action is None:
             return
         self.busy = True
