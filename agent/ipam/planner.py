@@ -524,12 +524,15 @@ class _Round:
     ) -> Decision:
         """Add `prefixes` (prefix mode) or `ips` (secondary mode, or prefix fallback).
 
-        Max pods bounds the addresses held; for waiting ADDs (`beyond_cooling`) cooling ones are
-        not counted: they cannot serve a pod, and under churn (30 s of cooldown at a few pods a
-        second) they alone would hold the node below its max pods.
+        Max pods bounds the addresses held; for waiting ADDs (`beyond_cooling`, and with the
+        surplus window) cooling ones are not counted: they cannot serve a pod, and under churn
+        (30 s of cooldown at a few pods a second) they alone would hold the node below its max
+        pods.
         """
         room_left = self.limits.max_pods - self.stats.total
-        if beyond_cooling:
+        # With the surplus window the warm target counts addresses free now: its growth too
+        # may hold the cooling ones beyond max pods.
+        if beyond_cooling or self.settings.surplus_window > 0:
             room_left += self.stats.cooling
         if room_left <= 0:
             return self._decision(
