@@ -12,9 +12,12 @@ each action and every 5 s; each action becomes the EC2 calls the adapter makes (
 create, attach, modify), each call takes a token from the account's mutating bucket (EC2's
 default: 200, refilled 5/s) and, with vpcni's additions, first from the node's client limiter
 (5/s, burst 10); a throttled call is retried with jittered exponential back-off (5 attempts)
-and a failed action pauses the node's pool manager (1 s doubling, capped at 30 s). vpcni's
-additions toggled together: ADD wait, client limiter, and the fallback to secondary IPs when a
-subnet has no free /28.
+and a failed action pauses the node's pool manager (1 s doubling, capped at 30 s), except
+InsufficientCidrBlocks, which backs prefixes off as the executor does. The planner's
+`PoolMemory` is carried from round to round as the pool manager carries it. vpcni's additions
+toggled together: ADD wait, client limiter, the fallback to secondary IPs when a subnet has no
+free /28, and the surplus window (VPCNI_SURPLUS_WINDOW, 300 s; off: ipamd's rules, with its
+30 s between decreases in both).
 
 Not modelled: Describe calls (resync, leak cleanup), pods' own network traffic, node churn.
 """

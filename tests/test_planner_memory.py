@@ -184,13 +184,14 @@ def test_the_interval_holds_without_the_window_too() -> None:
     ec2 = FakeEc2()
     limits = limits_for("c5.4xlarge", prefix=True)
     state = fresh_node(ec2, prefixes=4)  # 3 free prefixes over WARM_PREFIX_TARGET=1
-    first = plan(state, PREFIX_1, limits, backoff=PrefixBackoff(), now=100.0, memory=PoolMemory())
+    ipamd = replace(PREFIX_1, surplus_window=0.0)
+    first = plan(state, ipamd, limits, backoff=PrefixBackoff(), now=100.0, memory=PoolMemory())
     assert isinstance(first.action, ReleaseBlocks)
     assert first.memory.last_shrink == 100.0
     # Nothing given back yet (the caller has not executed it): still within the interval.
-    again = plan(state, PREFIX_1, limits, backoff=PrefixBackoff(), now=110.0, memory=first.memory)
+    again = plan(state, ipamd, limits, backoff=PrefixBackoff(), now=110.0, memory=first.memory)
     assert again.action is None and "next decrease in 20s" in again.reason
-    later = plan(state, PREFIX_1, limits, backoff=PrefixBackoff(), now=130.0, memory=first.memory)
+    later = plan(state, ipamd, limits, backoff=PrefixBackoff(), now=130.0, memory=first.memory)
     assert isinstance(later.action, ReleaseBlocks)
 
 

@@ -62,7 +62,7 @@ class PoolSettings:
     custom_networking: bool = False  # AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG
     prefix_fallback: bool = True  # VPCNI_PREFIX_FALLBACK
     # VPCNI_SURPLUS_WINDOW: seconds a busy peak is remembered (0: shrink as ipamd does).
-    surplus_window: float = 0.0
+    surplus_window: float = 300.0
 
     @property
     def warm_ip_targets_defined(self) -> bool:
@@ -200,7 +200,8 @@ def plan(
 ) -> Decision:
     """Decide the next pool action. Pure: reads its arguments, changes nothing. `pending` is
     the number of ADDs waiting for an address; `memory` the previous decision's (None: a
-    round with no past, as in tests of one state); keep the returned `Decision.memory`."""
+    round with no past, as in tests of one state, which applies ipamd's rules whatever
+    `settings.surplus_window`); keep the returned `Decision.memory`."""
     return _Round(state, settings, limits, backoff, now, pending, memory).decide()
 
 
@@ -228,15 +229,18 @@ class _Round:
         self._counts = counted_blocks(prefixes=self.prefixes, backoff=backoff)
         self.stats = state.stats(now, counts=self._counts)
         s = self.stats
+        # A round with no past (memory None: tests of one state) has no peak to keep: ipamd's
+        # rules, whatever the window.
+        self.window = settings.surplus_window if memory is not None else 0.0
         self.memory = (memory or PoolMemory()).observe(
-            now, s.assigned + s.cooling + pending, settings.surplus_window
+            now, s.assigned + s.cooling + pending, self.window
         )
         # Addresses no shrink may go below: the recent busy peak plus the warm target. And
         # what the warm target counts: ipamd's available (cooling included), or with the
         # window the addresses free now, so that the pool grows before a burst has to wait.
         self.floor = 0
         self.warm_available = s.available
-        if settings.surplus_window > 0:
+        if self.window > 0:
             self.floor = self.memory.recent_peak() + self._warm_addresses()
             self.warm_available = s.available - s.cooling
         self.may_shrink = now - self.memory.last_shrink >= SHRINK_INTERVAL
@@ -532,7 +536,7 @@ class _Round:
         room_left = self.limits.max_pods - self.stats.total
         # With the surplus window the warm target counts addresses free now: its growth too
         # may hold the cooling ones beyond max pods.
-        if beyond_cooling or self.settings.surplus_window > 0:
+        if beyond_cooling or self.window > 0:
             room_left += self.stats.cooling
         if room_left <= 0:
             return self._decision(
