@@ -160,6 +160,7 @@ class Stats:
     code11_by_type: dict[str, int] = field(default_factory=dict)
     steady_slow_by_type: dict[str, int] = field(default_factory=dict)  # waited > 1 s
     steady_mutating: int = 0
+    steady_throttled: int = 0
     idle_samples: list[float] = field(default_factory=list)
     eni_samples: list[float] = field(default_factory=list)
 
@@ -216,6 +217,8 @@ class Sim:
         if self.bucket.take(self.now):
             return True
         self.stats.throttled += 1
+        if self.now >= self.warmup:
+            self.stats.steady_throttled += 1
         return False
 
     def latency(self, name: str) -> float:
@@ -571,6 +574,8 @@ def run_policy(policy: Policy, *, nodes: int, seconds: float, seed: int = 1) -> 
         "steady_waits_over_1s_by_type": s.steady_slow_by_type,
         "steady_pod_starts": s.steady_starts,
         "mutating_per_s": round(s.mutating / seconds, 2),
+        "steady_mutating_per_s": round(s.steady_mutating / max(seconds - warmup, 1.0), 2),
+        "steady_throttled": s.steady_throttled,
         "idle_ips_per_node": round(statistics.fmean(s.idle_samples), 1) if s.idle_samples else 0,
         "enis_per_node": round(statistics.fmean(s.eni_samples), 2) if s.eni_samples else 0,
         "wall_s": round(time.perf_counter() - started, 1),

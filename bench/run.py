@@ -261,22 +261,24 @@ def _fleet_goals(
     out = []
     worst = max(prefix, key=lambda x: x["steady_mutating_per_100_starts"])
     calls = worst["steady_mutating_per_100_starts"]
-    off = max(
-        (x["steady_mutating_per_100_starts"] for x in ipamd if x["policy"] == worst["policy"]),
-        default=0.0,
-    )
+    off = [x for x in ipamd if x["policy"] == worst["policy"]]
     throttled = max(x["throttled"] for x in prefix)
     if calls <= 6.25:
         cause = (
-            f"the pool keeps its recent busy peak (VPCNI_SURPLUS_WINDOW) and ipamd's 30 s "
-            f"between decreases: steady churn calls EC2 only at a new peak, "
-            f"{worst['mutating_per_s']} calls/s for the fleet against the account's 5/s; "
-            f"ipamd's rules (additions off) {off} per 100 on the same churn"
+            "the pool keeps its recent busy peak (VPCNI_SURPLUS_WINDOW) and ipamd's 30 s "
+            "between decreases: steady churn calls EC2 only at a new peak, "
+            f"{worst['steady_mutating_per_s']} calls/s for the fleet against the account's 5/s"
         )
+        if off:
+            cause += (
+                f"; with ipamd's rules (additions off) {off[0]['steady_mutating_per_100_starts']}"
+                f" per 100 while {off[0]['steady_code11_pods']} steady pods got code 11 (cooling "
+                "addresses meet its warm target, so the pool does not grow while ADDs fail)"
+            )
     else:
         cause = (
-            f"{worst['mutating_per_s']} mutating calls/s for the fleet against the account's "
-            f"5/s refill ({throttled} throttled calls, each retry counted)"
+            f"{worst['steady_mutating_per_s']} mutating calls/s at steady churn against the "
+            f"account's 5/s refill ({throttled} throttled calls, each retry counted)"
         )
     out.append(Goal(
         f"{sim['nodes']} nodes: mutating EC2 calls, prefix mode",
@@ -299,8 +301,9 @@ def _fleet_goals(
         "AssignPrivateIpAddresses (0.3-1.0 s at EC2's latency), and longer when another "
         "action is in flight or the growth is capped by max pods"
     )
-    if throttled:
-        cause += f"; {throttled} throttled calls back off"
+    steady_throttled = max(x["steady_throttled"] for x in prefix)
+    if steady_throttled:
+        cause += f"; {steady_throttled} throttled calls at steady churn back off"
     out.append(Goal(
         f"{sim['nodes']} nodes: no pod waits > 1 s for an IP at steady churn (prefix)",
         "max ≤ 1 s",
@@ -312,20 +315,32 @@ def _fleet_goals(
     if frag:
         f = frag[0]
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(f["code11_by_type"].items()))
-        bucket = (
-            f"not the bucket ({f['throttled']} throttled calls)"
-            if f["throttled"] == 0
-            else f"{f['throttled']} throttled calls ({f['mutating_per_s']} calls/s against 5/s)"
-        )
+        secondary = [x for x in sim["rows"] if x["additions"] and
+                     x["policy"].startswith("secondary")]  # fmt: skip
+        if f["throttled"] == 0:
+            bucket = "not the bucket (0 throttled calls)"
+        else:
+            bucket = (
+                f"the account's bucket: {f['steady_mutating_per_s']} mutating calls/s at "
+                f"steady churn against its 5/s ({f['throttled']} throttled, each retry "
+                "counted); a CreateEni is 3 calls, and with the bucket empty actions fail "
+                "part-way and are retried, so few complete"
+            )
+            if secondary:
+                bucket += (
+                    f" (secondary WARM_ENI_TARGET=1 collapses the same way: "
+                    f"{secondary[0]['steady_mutating_per_100_starts']} calls per 100 starts, "
+                    f"{secondary[0]['steady_code11_pods']} steady pods with code 11)"
+                )
         out.append(Goal(
             f"{sim['nodes']} nodes, fragmented subnets: no pod fails",
             "0 pods with code 11",
             f"{f['code11_pods']} of {f['pod_starts']} pods got code 11 ({kinds})",
             f["code11_pods"] == 0,
-            f"{bucket}; every /28 holds another tenant's address, so secondary IPs stand in "
+            f"{bucket}. Every /28 holds another tenant's address, so secondary IPs stand in "
             "for prefixes: an m5.large holds 27 (3 ENIs x 9), a larger node grows by new ENIs "
-            "(create + attach + modify, 1.7-6 s at EC2's latency, past the 5 s ADD wait when "
-            "a prefix retry fails first), and pods that got code 11 retry and pile up",
+            "(create + attach + modify, 1.7-6 s at EC2's latency), and pods that got code 11 "
+            "retry and pile up",
         ))  # fmt: skip
     return out
 
