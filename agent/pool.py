@@ -18,7 +18,7 @@ from collections.abc import Callable
 from agent.counters import Counters
 from agent.executor import Ec2Executor
 from agent.ipam.backoff import PrefixBackoff
-from agent.ipam.planner import Decision, Limits, plan
+from agent.ipam.planner import Decision, Limits, PoolMemory, plan
 from agent.ipam.state import NodeState
 from agent.resync import Resync
 from agent.settings import Settings
@@ -57,6 +57,9 @@ class PoolManager:
         self.rng = rng
         self.last_decision: Decision | None = None
         self.waiting = 0  # ADDs waiting for an address: demand the planner sizes growth by
+        # The planner's memory (last decrease, busy peaks). Not checkpointed: a restart starts
+        # from PoolMemory.at_start, which gives nothing back until a surplus has lasted.
+        self.memory: PoolMemory | None = None
         self.changed = asyncio.Condition()  # notified after every executed action
         self._wake = asyncio.Event()
         self._soon: asyncio.TimerHandle | None = None  # a gathered wake-up, due
@@ -96,14 +99,18 @@ class PoolManager:
         self._wake.set()
 
     def decide(self) -> Decision:
-        """What the planner would do now."""
+        """What the planner would do now (its memory is kept only by `run_rounds`)."""
+        now = self.clock()
+        if self.memory is None:
+            self.memory = PoolMemory.at_start(now, self.state.stats(now).total)
         return plan(
             self.state,
             self.settings.pool,
             self.limits,
             backoff=self.backoff,
-            now=self.clock(),
+            now=now,
             pending=self.waiting,
+            memory=self.memory,
         )
 
     async def _run(self) -> None:
@@ -142,6 +149,7 @@ class PoolManager:
         for _ in range(limit):
             decision = self.decide()
             self.last_decision = decision
+            self.memory = decision.memory
             if decision.action is None:
                 return done
             ok = await self.executor.execute(decision)

@@ -199,6 +199,7 @@ def _pool_settings(e: _Env) -> PoolSettings:
         ip_cooldown_period=e.number("IP_COOLDOWN_PERIOD", 30.0, lo=0, hi=86400),
         custom_networking=e.flag("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", False),
         prefix_fallback=e.flag("VPCNI_PREFIX_FALLBACK", True),
+        surplus_window=e.number("VPCNI_SURPLUS_WINDOW", 300.0, lo=0, hi=86400),
     )
 
 

@@ -136,7 +136,9 @@ async def test_an_unassign_ec2_applied_but_failed_is_not_handed_out_again(
     for i in range(40):
         await n.node.delete(req(f"c{i}"))
     n.cloud.chaos.set_faults("UnassignPrivateIpAddresses:partial=1")
-    n.clock.advance(120)  # past the cooldown: the idle prefixes go back
+    # Past the cooldown and two surplus windows (the 40 pods' peak is forgotten): the idle
+    # prefixes go back.
+    n.clock.advance(120 + 2 * n.node.settings.pool.surplus_window)
     n.node.wake()
     await fakes.until(
         lambda: any(p.action.startswith("release") and p.outcome != "ok" for p in n.node.plans),

@@ -836,7 +836,9 @@ def test_cooling_addresses_do_not_satisfy_waiting_adds() -> None:
     # ipamd's view: 16 available (cooling counts), WARM_PREFIX_TARGET=1 met.
     assert decide(state, PREFIX_1, M5).action is None
     waiting = plan(state, PREFIX_1, M5, backoff=PrefixBackoff(), now=NOW + 1, pending=2)
-    assert isinstance(waiting.action, AssignPrefixes) and waiting.action.count == 1
+    # 2 for the waiting pods and 16 free now (not cooling) for the next burst: 2 prefixes in
+    # one call; the warm target met by cooling addresses had the next burst wait again.
+    assert isinstance(waiting.action, AssignPrefixes) and waiting.action.count == 2
 
 
 def test_nothing_shrinks_while_adds_wait() -> None:
@@ -864,6 +866,7 @@ def test_waiting_adds_grow_past_max_pods_by_what_is_cooling() -> None:
         state.release(lease.key, now=NOW, cooldown=30.0)
     # ipamd's rule: the pool holds max pods' worth of addresses, so nothing grows ...
     assert decide(state, PREFIX_1, small).action is None
-    # ... but 3 pods wait with 12 leased of 32: the cooling 20 must not keep them waiting.
+    # ... but 3 pods wait with 12 leased of 32: the cooling 20 must not keep them waiting, and
+    # hold as much room past max pods (3 + 16 warm wanted: 2 prefixes).
     waiting = plan(state, PREFIX_1, small, backoff=PrefixBackoff(), now=NOW + 1, pending=3)
-    assert waiting.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=1)
+    assert waiting.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=2)

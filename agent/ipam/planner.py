@@ -13,9 +13,17 @@ at most one ENI).
 
 Beyond the VPC CNI, the round also knows how many ADDs are waiting for an address (`pending`):
 when they outnumber the addresses free right now (cooling ones are not), it grows in one call
-by their deficit plus what the warm target will lack once they are served, instead of one
-target's worth per round, and it never shrinks while any wait. With MINIMUM_IP_TARGET alone it
+by their deficit plus the warm target (free now, not cooling, once they are served), instead of
+one target's worth per round, and it never shrinks while any wait. With MINIMUM_IP_TARGET alone it
 stops at the minimum as ipamd does (users rely on that as a cap).
+
+A surplus goes back at most once per SHRINK_INTERVAL (ipamd's decreaseIPPoolInterval, 30 s),
+and with VPCNI_SURPLUS_WINDOW (beyond the VPC CNI) only the part that lies above the most
+addresses the node was busy with (leased, cooling or waited for) over the last window or two,
+plus the warm target: under steady churn pods come and go, their addresses come back after the
+cooldown, and a pool that gives back what the next burst needs again costs EC2 calls for
+nothing. The planner keeps no clock: what it remembers between rounds is a `PoolMemory` value
+that each `Decision` carries forward and the caller passes back in.
 
 Where ipamd would keep an idle ENI only because the others do not *hold* the warm target, while
 they have room to *take* it, vpcni frees the ENI and regrows on the others (consolidation): a
@@ -26,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
 
 from agent.ipam.backoff import PrefixBackoff
@@ -36,6 +44,8 @@ from agent.ipam.state import Eni, NodeState, PoolStats
 
 # The VPC CNI's minimum ENI lifetime before it may be freed (avoids attach/detach churn).
 MIN_ENI_LIFETIME = 60.0
+# ipamd's decreaseIPPoolInterval: a surplus goes back at most this often.
+SHRINK_INTERVAL = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +61,8 @@ class PoolSettings:
     ip_cooldown_period: float = 30.0  # IP_COOLDOWN_PERIOD
     custom_networking: bool = False  # AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG
     prefix_fallback: bool = True  # VPCNI_PREFIX_FALLBACK
+    # VPCNI_SURPLUS_WINDOW: seconds a busy peak is remembered (0: shrink as ipamd does).
+    surplus_window: float = 300.0
 
     @property
     def warm_ip_targets_defined(self) -> bool:
@@ -95,6 +107,42 @@ Action = AssignPrefixes | AssignIps | CreateEni | ReleaseBlocks | DeleteEni
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PoolMemory:
+    """What the planner remembers between rounds: plain values the caller keeps and passes
+    back (each `Decision.memory` is the next round's). The busy peak is kept per window, the
+    current one and the one before, so a peak is remembered between one and two windows."""
+
+    last_shrink: float = -math.inf  # when a surplus last went back (ReleaseBlocks, DeleteEni)
+    window_start: float = -math.inf
+    peak: int = 0  # most busy addresses (leased, cooling, waited for) seen this window
+    previous_peak: int = 0  # ... in the window before
+
+    @classmethod
+    def at_start(cls, now: float, held: int) -> PoolMemory:
+        """A safe memory for an agent that starts without one (a restart): no shrink for an
+        interval, and the addresses held count as needed for one window; nothing that the
+        node held before the restart goes back until the surplus has lasted."""
+        return cls(last_shrink=now, window_start=now, peak=0, previous_peak=held)
+
+    def recent_peak(self) -> int:
+        return max(self.peak, self.previous_peak)
+
+    def observe(self, now: float, busy: int, window: float) -> PoolMemory:
+        """This memory with `busy` addresses seen at `now`."""
+        if window <= 0:
+            return self
+        if now - self.window_start >= window:
+            previous = self.peak if now - self.window_start < 2 * window else 0
+            return replace(self, window_start=now, peak=busy, previous_peak=previous)
+        if busy <= self.peak:
+            return self
+        return replace(self, peak=busy)
+
+    def shrunk(self, now: float) -> PoolMemory:
+        return replace(self, last_shrink=now)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
     """One planner round: the action (or None) and why."""
 
@@ -103,6 +151,7 @@ class Decision:
     stats: PoolStats
     short: int = 0  # addresses (or prefixes in prefix mode) below target
     over: int = 0  # addresses (or prefixes) above target
+    memory: PoolMemory = PoolMemory()  # what the next round must be given
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,10 +196,13 @@ def plan(
     backoff: PrefixBackoff,
     now: float,
     pending: int = 0,
+    memory: PoolMemory | None = None,
 ) -> Decision:
     """Decide the next pool action. Pure: reads its arguments, changes nothing. `pending` is
-    the number of ADDs waiting for an address."""
-    return _Round(state, settings, limits, backoff, now, pending).decide()
+    the number of ADDs waiting for an address; `memory` the previous decision's (None: a
+    round with no past, as in tests of one state, which applies ipamd's rules whatever
+    `settings.surplus_window`); keep the returned `Decision.memory`."""
+    return _Round(state, settings, limits, backoff, now, pending, memory).decide()
 
 
 class _Round:
@@ -164,6 +216,7 @@ class _Round:
         backoff: PrefixBackoff,
         now: float,
         pending: int = 0,
+        memory: PoolMemory | None = None,
     ) -> None:
         self.state = state
         self.settings = settings
@@ -175,10 +228,43 @@ class _Round:
         self.slots = limits.instance.slots_per_eni
         self._counts = counted_blocks(prefixes=self.prefixes, backoff=backoff)
         self.stats = state.stats(now, counts=self._counts)
+        s = self.stats
+        # A round with no past (memory None: tests of one state) has no peak to keep: ipamd's
+        # rules, whatever the window.
+        self.window = settings.surplus_window if memory is not None else 0.0
+        self.memory = (memory or PoolMemory()).observe(
+            now, s.assigned + s.cooling + pending, self.window
+        )
+        # Addresses no shrink may go below: the recent busy peak plus the warm target. And
+        # what the warm target counts: ipamd's available (cooling included), or with the
+        # window the addresses free now, so that the pool grows before a burst has to wait.
+        self.floor = 0
+        self.warm_available = s.available
+        if self.window > 0:
+            self.floor = self.memory.recent_peak() + self._warm_addresses()
+            self.warm_available = s.available - s.cooling
+        self.may_shrink = now - self.memory.last_shrink >= SHRINK_INTERVAL
+        self.surplus_released = False  # this round gives a surplus back (not a mode switch)
+        self.held_reason = ""  # why a surplus stays this round (`_held`)
 
     # -- the round --------------------------------------------------------------------------
 
+    def _warm_addresses(self) -> int:
+        """The warm target in addresses."""
+        if self.settings.warm_ip_targets_defined:
+            return self.settings.warm_ip_target or 0
+        if self.prefixes:
+            return PREFIX_SIZE * self.settings.warm_prefix_target
+        return self.slots * self.settings.warm_eni_target
+
     def decide(self) -> Decision:
+        decision = self._decide()
+        memory = self.memory
+        if self.surplus_released and decision.action is not None:
+            memory = memory.shrunk(self.now)
+        return replace(decision, memory=memory)
+
+    def _decide(self) -> Decision:
         switched = self._mode_switch()
         if switched is not None:
             return switched
@@ -200,7 +286,7 @@ class _Round:
 
     def _demand(self) -> Decision | None:
         """Grow by what the waiting ADDs lack, all at once (beyond the VPC CNI): enough for
-        them and for the warm target that will be short once they are served, in one call."""
+        them and for the warm target free once they are served, in one call."""
         s = self.stats
         free_now = s.total - s.assigned - s.cooling
         deficit = self.pending - free_now
@@ -208,14 +294,9 @@ class _Round:
             return None
         if self.settings.warm_ip_targets_defined and not self.settings.warm_ip_target:
             return None  # MINIMUM_IP_TARGET alone caps the pool, as in ipamd
-        if self.settings.warm_ip_targets_defined:
-            warm = self.settings.warm_ip_target or 0
-        elif self.prefixes:
-            warm = PREFIX_SIZE * self.settings.warm_prefix_target
-        else:
-            warm = self.slots * self.settings.warm_eni_target
-        # The warm target counts cooling addresses as available, as ipamd does.
-        need = max(deficit, self.pending + warm - s.available)
+        # And the warm target free *now* once they are served: counting cooling addresses as
+        # available (ipamd's warm target) left the next burst of a steady churn waiting again.
+        need = deficit + self._warm_addresses()
         # Secondary mode fills an ENI as ipamd would; WARM_IP_TARGET users asked for IP steps.
         ips = need if self.settings.warm_ip_targets_defined else max(need, self.slots)
         return self._grow(
@@ -268,7 +349,7 @@ class _Round:
         warm = self.settings.warm_ip_target or 0
         minimum = self.settings.minimum_ip_target or 0
         s = self.stats
-        short = max(warm - s.available, 0)
+        short = max(warm - self.warm_available, 0)
         short = max(short, minimum - s.total)
         over = max(s.available - warm, 0)
         over = max(min(over, s.total - minimum), 0)
@@ -310,6 +391,9 @@ class _Round:
                 short=short,
                 over=over,
             )
+        held = self._held(f"{over} IPs over target", short=short, over=over) if over else None
+        if held is not None:
+            return held
         if over > 0:
             released = self._release_ips(over)
             if released is not None:
@@ -363,11 +447,14 @@ class _Round:
         s = self.stats
         wanted = PREFIX_SIZE * target
         counts = f"available {s.available}, free prefixes {s.free_prefixes}"
-        if s.available < wanted or (target == 0 and s.available == 0):
+        available = self.warm_available
+        if available < wanted or (target == 0 and available == 0):
             add = max(1, target - s.free_prefixes)
+            if available < s.available:  # cooling addresses do not count
+                add = max(1, math.ceil((wanted - available) / PREFIX_SIZE))
             return self._grow(
                 prefixes=add,
-                ips=max(1, wanted - s.available),
+                ips=max(1, wanted - available),
                 why=f"pool low: {counts} < 16 x WARM_PREFIX_TARGET={target}",
                 short=add,
             )
@@ -381,9 +468,10 @@ class _Round:
             )
             if decision.action is not None:
                 return decision
+        met = f"WARM_PREFIX_TARGET={target} met ({counts})"
         return self._free_eni(
             self._warm_prefix_lacking,
-            targets_met=f"WARM_PREFIX_TARGET={target} met ({counts})",
+            targets_met=self.held_reason or met,
             consolidate=True,
             over=max(over, 0),
         )
@@ -406,13 +494,14 @@ class _Round:
         s = self.stats
         wanted = self.slots * target
         counts = f"available {s.available}, {self.slots} IPs per ENI"
+        available = self.warm_available
         # As ipamd: with WARM_ENI_TARGET=0 the pool is still low when nothing is available.
-        if s.available < wanted or (target == 0 and s.available == 0):
+        if available < wanted or (target == 0 and available == 0):
             return self._grow(
                 prefixes=0,
                 ips=self.slots,
                 why=f"pool low: {counts}; < {self.slots} x WARM_ENI_TARGET={target}",
-                short=wanted - s.available,
+                short=wanted - available,
             )
         # ipamd frees any idle ENI once available >= (target + 1) ENIs' worth: with full ENIs,
         # the same as the target still met without it. vpcni asks the latter, as its ENIs may
@@ -439,12 +528,15 @@ class _Round:
     ) -> Decision:
         """Add `prefixes` (prefix mode) or `ips` (secondary mode, or prefix fallback).
 
-        Max pods bounds the addresses held; for waiting ADDs (`beyond_cooling`) cooling ones are
-        not counted: they cannot serve a pod, and under churn (30 s of cooldown at a few pods a
-        second) they alone would hold the node below its max pods.
+        Max pods bounds the addresses held; for waiting ADDs (`beyond_cooling`, and with the
+        surplus window) cooling ones are not counted: they cannot serve a pod, and under churn
+        (30 s of cooldown at a few pods a second) they alone would hold the node below its max
+        pods.
         """
         room_left = self.limits.max_pods - self.stats.total
-        if beyond_cooling:
+        # With the surplus window the warm target counts addresses free now: its growth too
+        # may hold the cooling ones beyond max pods.
+        if beyond_cooling or self.window > 0:
             room_left += self.stats.cooling
         if room_left <= 0:
             return self._decision(
@@ -536,10 +628,15 @@ class _Round:
         keep_available: int = 0,
     ) -> Decision:
         """Give back up to `count` idle prefixes of one ENI (the emptiest, so it can go later),
-        never below `keep_available` available addresses."""
+        never below `keep_available` available addresses nor the surplus floor, at most once
+        per SHRINK_INTERVAL."""
         budget = min(count, (self.stats.available - keep_available) // PREFIX_SIZE)
         if budget <= 0:
             return self._decision(None, f"{why}; kept to stay above target", over=over)
+        held = self._held(why, over=over, short=short)
+        if held is not None:
+            return held
+        budget = min(budget, (self.stats.total - self.floor) // PREFIX_SIZE)
         for eni in self._emptiest_first():
             idle = [
                 cidr
@@ -548,6 +645,7 @@ class _Round:
             ]
             if idle:
                 cidrs = tuple(idle[:budget])
+                self.surplus_released = True
                 return self._decision(
                     ReleaseBlocks(eni_id=eni.id, cidrs=cidrs),
                     f"{why}; releasing {len(cidrs)} from {eni.id}",
@@ -559,14 +657,34 @@ class _Round:
         )
 
     def _release_ips(self, count: int) -> ReleaseBlocks | None:
-        """Up to `count` idle /32 blocks of one ENI (WARM_IP_TARGET only; never singly else)."""
+        """Up to `count` idle /32 blocks of one ENI (WARM_IP_TARGET only; never singly else),
+        none below the surplus floor. The caller checks the interval (`_held`)."""
+        count = min(count, self.stats.total - self.floor)
+        if count <= 0:
+            return None
         for eni in self._emptiest_first():
             idle = tuple(
                 cidr for cidr, b in eni.blocks.items() if not b.is_prefix and b.is_idle(self.now)
             )
             if idle:
+                self.surplus_released = True
                 return ReleaseBlocks(eni_id=eni.id, cidrs=idle[:count])
         return None
+
+    def _held(self, why: str, *, short: int = 0, over: int = 0) -> Decision | None:
+        """No surplus goes back within SHRINK_INTERVAL of the last (ipamd's
+        decreaseIPPoolInterval), nor below the floor of VPCNI_SURPLUS_WINDOW."""
+        if not self.may_shrink:
+            wait = SHRINK_INTERVAL - (self.now - self.memory.last_shrink)
+            self.held_reason = f"{why}; the next decrease in {wait:.0f}s"
+        elif self.floor and self.stats.total - self.floor < (PREFIX_SIZE if self.prefixes else 1):
+            self.held_reason = (
+                f"{why}; kept: busy up to {self.memory.recent_peak()} addresses lately, "
+                "plus the warm target"
+            )
+        else:
+            return None
+        return self._decision(None, self.held_reason, short=short, over=over)
 
     def _emptiest_first(self) -> list[Eni]:
         return sorted(
@@ -592,6 +710,8 @@ class _Round:
                 continue
             if not eni.is_idle(self.now):
                 continue
+            if self.floor and self.stats.total - self._counted_capacity(eni) < self.floor:
+                continue  # the surplus it holds was busy lately
             need = lacking(eni)
             if need is None:
                 continue

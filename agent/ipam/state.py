@@ -247,7 +247,9 @@ class NodeState:
         if existing is not None:
             return existing
         best: tuple[tuple[bool, int, int, int], Eni, CidrBlock, int] | None = None
-        for eni in self.pod_enis():
+        for eni in sorted(self.pod_enis(), key=_device_number):
+            if best is not None and not best[0][0]:
+                break  # a block of the preferred kind on a lower device number: none beats it
             for block in eni.blocks.values():
                 if block.is_taken():
                     continue
@@ -428,6 +430,10 @@ class NodeState:
             blocks_removed=blocks_removed,
             leases_dropped=tuple(dropped),
         )
+
+
+def _device_number(eni: Eni) -> int:
+    return eni.device_number
 
 
 def _blocks_of(view: EniView) -> Iterator[IPv4Network]:
