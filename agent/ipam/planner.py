@@ -125,6 +125,7 @@ class PoolMemory:
         return cls(last_shrink=now, window_start=now, peak=0, previous_peak=held)
 
     def recent_peak(self) -> int:
+        """The most addresses busy at once over the last one to two windows."""
         return max(self.peak, self.previous_peak)
 
     def observe(self, now: float, busy: int, window: float) -> PoolMemory:
@@ -139,6 +140,7 @@ class PoolMemory:
         return replace(self, peak=busy)
 
     def shrunk(self, now: float) -> PoolMemory:
+        """This memory with a surplus given back at `now`."""
         return replace(self, last_shrink=now)
 
 
