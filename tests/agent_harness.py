@@ -3,6 +3,7 @@ them (loaded for every test module through `pytest_plugins` in conftest.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,31 @@ class Cni:
         )
         out = done.stdout.strip()
         return done.returncode, json.loads(out) if out else None
+
+
+@contextlib.contextmanager
+def pod_namespaces(node: str) -> Iterator[Callable[[int], list[str]]]:
+    """make(n) → n fresh pod netns names `<node>-p<i>`; on exit they and the sandbox node
+    `node` are removed."""
+    made: list[str] = []
+
+    def make(n: int) -> list[str]:
+        names = [f"{node}-p{len(made) + i}" for i in range(n)]
+        for name in names:
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        made.extend(names)
+        return names
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], check=False)
+        subprocess.run(
+            [sys.executable, "-m", "agent.ctl", "sandbox", "down", node],
+            check=False,
+            capture_output=True,
+        )
 
 
 def address(result: dict[str, Any]) -> str:

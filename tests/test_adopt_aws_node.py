@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.adopt import AWS_NODE_CONFLIST, AWS_NODE_NETWORK, RETIRED_SUFFIX
-from tests.agent_harness import REPO, Cni, address
+from tests.agent_harness import REPO, Cni, address, pod_namespaces
 from tests.privileges import needs_bcc, needs_root
 
 pytestmark = [pytest.mark.root, needs_root]
@@ -93,23 +93,9 @@ def node_state() -> tuple[set[str], list[str], str]:
 
 @pytest.fixture
 def netns() -> Iterator[Any]:
-    made: list[str] = []
-
-    def make(n: int) -> list[str]:
-        names = [f"{NODE}-p{len(made) + i}" for i in range(n)]
-        for name in names:
-            sh("ip", "netns", "add", name)
-        made.extend(names)
-        return names
-
-    yield make
-    for name in made:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-    subprocess.run(
-        [sys.executable, "-m", "agent.ctl", "sandbox", "down", NODE],
-        check=False,
-        capture_output=True,
-    )
+    """netns(n) → n fresh pod netns names; they and the sandbox are removed at teardown."""
+    with pod_namespaces(NODE) as make:
+        yield make
 
 
 def free_ips(eni: dict[str, Any]) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.agent_harness import Cni, address
+from tests.agent_harness import Cni, address, pod_namespaces
 from tests.privileges import needs_bcc, needs_root
 
 pytestmark = [pytest.mark.root, needs_root]
@@ -40,23 +39,8 @@ def ping(netns: str, dst: str, count: int = 2) -> bool:
 @pytest.fixture
 def pods() -> Iterator[Any]:
     """pods(n) → n fresh pod netns names; they and the sandbox are removed at teardown."""
-    made: list[str] = []
-
-    def make(n: int) -> list[str]:
-        names = [f"{NODE}-p{len(made) + i}" for i in range(n)]
-        for name in names:
-            subprocess.run(["ip", "netns", "add", name], check=True)
-        made.extend(names)
-        return names
-
-    yield make
-    for name in made:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-    subprocess.run(
-        [sys.executable, "-m", "agent.ctl", "sandbox", "down", NODE],
-        check=False,
-        capture_output=True,
-    )
+    with pod_namespaces(NODE) as make:
+        yield make
 
 
 def tx_packets(device: str) -> int:
