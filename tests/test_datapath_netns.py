@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -479,10 +479,10 @@ def netns_name(pod: PodNetwork) -> str:
 
 
 @contextmanager
-def echo_server(netns: str, ip: Any) -> Iterator[None]:
-    """TCP and UDP echo on `ip` port 8080 in `netns` while the block runs."""
+def python_server(netns: str, script: str, *args: str) -> Iterator[None]:
+    """`script` (which prints "ready" once it listens) run in `netns` while the block runs."""
     server = subprocess.Popen(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", ECHO_SERVER, str(ip)],
+        ["ip", "netns", "exec", netns, sys.executable, "-c", script, *args],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -492,6 +492,11 @@ def echo_server(netns: str, ip: Any) -> Iterator[None]:
     finally:
         server.kill()
         server.wait()
+
+
+def echo_server(netns: str, ip: Any) -> AbstractContextManager[None]:
+    """TCP and UDP echo on `ip` port 8080 in `netns` while the block runs."""
+    return python_server(netns, ECHO_SERVER, str(ip))
 
 
 def exchange(

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -36,6 +36,7 @@ if ROOT:
         Node,
         netns_name,
         ping,
+        python_server,
         tx_packets,
         wire,
     )
@@ -143,30 +144,9 @@ async def datapath(node: Node) -> AsyncIterator[BpfDatapath]:
         await dp.close()
 
 
-@contextmanager
-def whoami(netns: str, ip: Any = None, port: int = 7000) -> Iterator[None]:
+def whoami(netns: str, ip: Any = None, port: int = 7000) -> AbstractContextManager[None]:
     """The answering server on `port` (TCP, and UDP on `ip`, the internet host's by default)."""
-    server = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            sys.executable,
-            "-c",
-            WHOAMI,
-            str(ip or INTERNET_HOST),
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        yield
-    finally:
-        server.kill()
-        server.wait()
+    return python_server(netns, WHOAMI, str(ip or INTERNET_HOST), str(port))
 
 
 def flows(
