@@ -8,8 +8,9 @@ The socket is the node's most exposed surface, so it is guarded here:
   symlink there (dangling or not) stops start-up with a message saying what is in the way;
 - a deep accept backlog, so a burst of 1,000 plugin calls queues instead of failing;
 - slow or stalled clients are cut off: a request's head must arrive within HEADER_TIMEOUT of the
-  connection (or of the previous answer on it, which also bounds idle keep-alive), its body
-  within BODY_TIMEOUT of the head; bodies and headers are bounded in size, so memory is too;
+  connection (or of the previous answer on it, which also bounds idle keep-alive: aiohttp's
+  keep-alive timer, armed at the connection's start since aiohttp 3.14), its body within
+  BODY_TIMEOUT of the head; bodies and headers are bounded in size, so memory is too;
 - a client that goes away mid-request is one debug line, not an error.
 """
 
@@ -26,7 +27,6 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
 
 from agent.api import cni, introspection, metrics
 from agent.api.keys import NODE
@@ -40,48 +40,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SOCKET_BACKLOG = 4096
 HEADER_TIMEOUT = 10.0  # seconds for a request's head (and the idle time between requests)
 BODY_TIMEOUT = 10.0  # seconds for its body, once the head is in
-
-
-class ConnectionGuard:
-    """Closes connections that do not deliver a request head within `timeout` seconds of
-    opening or of their previous answer. The request middleware disarms it while a request is
-    served and re-arms it after."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._timers: dict[RequestHandler, asyncio.TimerHandle] = {}
-
-    def factory(self, server: web.Server) -> Callable[[], RequestHandler]:
-        """A protocol factory: `server`'s connections, each with a deadline."""
-
-        def make() -> RequestHandler:
-            protocol = server()
-            self.arm(protocol)
-            return protocol
-
-        return make
-
-    def arm(self, protocol: RequestHandler) -> None:
-        """(Re)start the connection's deadline."""
-        self.disarm(protocol)
-        loop = asyncio.get_running_loop()
-        self._timers[protocol] = loop.call_later(self.timeout, self._expire, protocol)
-
-    def disarm(self, protocol: RequestHandler) -> None:
-        """A complete request head arrived: no deadline while it is served."""
-        timer = self._timers.pop(protocol, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _expire(self, protocol: RequestHandler) -> None:
-        self._timers.pop(protocol, None)
-        transport = protocol.transport
-        if transport is not None and not transport.is_closing():
-            log.debug("closing a connection with no complete request in %.0f s", self.timeout)
-            transport.close()
-
-
-GUARD = web.AppKey("guard", ConnectionGuard)
 
 
 class ClientFaults(logging.Filter):
@@ -105,40 +63,11 @@ HTTP_LOG = logging.getLogger("vpcni.api.http")
 HTTP_LOG.addFilter(ClientFaults())
 
 
-class GuardedUnixSite(web.BaseSite):
-    """aiohttp's UnixSite, with every connection under a ConnectionGuard."""
-
-    __slots__ = ("_guard", "_path")
-
-    def __init__(
-        self, runner: web.BaseRunner, path: Path, guard: ConnectionGuard, *, backlog: int
-    ) -> None:
-        super().__init__(runner, backlog=backlog)
-        self._path = path
-        self._guard = guard
-
-    @property
-    def name(self) -> str:
-        return f"http://unix:{self._path}:"
-
-    async def start(self) -> None:
-        await super().start()
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_unix_server(
-            self._guard.factory(server), str(self._path), backlog=self._backlog
-        )
-
-
 @web.middleware
 async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """No connection deadline while a request is served, but its body must arrive in time;
-    any bug in a handler becomes a 500 with a CNI error body and the agent keeps serving.
-    (One middleware, not two: each layer costs every request of a busy node.)"""
-    guard = request.app.get(GUARD)
-    protocol = request.protocol
-    if guard is not None:
-        guard.disarm(protocol)
+    """A request's body must arrive in time; any bug in a handler becomes a 500 with a CNI
+    error body and the agent keeps serving. (One middleware, not two: each layer costs every
+    request of a busy node.)"""
     try:
         length = request.content_length
         # A plugin's body comes with its head: only a body still on its way needs a deadline.
@@ -170,21 +99,12 @@ async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as e:
         log.exception("request failed", extra={"path": request.path})
         return cni.error_response(999, "internal error", repr(e)[:300], status=500)
-    finally:
-        # The idle deadline of a kept-alive connection; one that closes after this answer (a
-        # plugin's, always) needs none.
-        if guard is not None and protocol.transport is not None and request.keep_alive:
-            guard.arm(protocol)
 
 
-def app(
-    node: Node, routes: list[web.RouteDef], guard: ConnectionGuard | None = None
-) -> web.Application:
-    """An app serving `routes` for `node`; with a guard, its connections have deadlines."""
+def app(node: Node, routes: list[web.RouteDef]) -> web.Application:
+    """An app serving `routes` for `node`."""
     application = web.Application(middlewares=[guarded], client_max_size=cni.MAX_BODY)
     application[NODE] = node
-    if guard is not None:
-        application[GUARD] = guard
     application.add_routes(routes)
     return application
 
@@ -220,9 +140,9 @@ async def _start(
     introspection_addr: str | None,
     metrics_addr: str | None,
 ) -> None:
-    guard = ConnectionGuard(HEADER_TIMEOUT)
-    socket_app = app(node, cni.routes() + introspection.routes(), guard)
-    # The guard closes idle connections; aiohttp's own keep-alive timer would wait an hour.
+    socket_app = app(node, cni.routes() + introspection.routes())
+    # aiohttp's keep-alive timer starts with the connection and again after each answer; it
+    # closes a connection whose next request head has not all arrived when it fires.
     runner = web.AppRunner(
         socket_app,
         access_log=None,
@@ -230,6 +150,7 @@ async def _start(
         keepalive_timeout=HEADER_TIMEOUT,
         logger=HTTP_LOG,
         tcp_keepalive=False,  # meaningless on a Unix socket, and a socket object per connection
+        lingering_time=0,  # a body still arriving after our answer is not read: we close
     )
     await runner.setup()
     runners.append(runner)
@@ -237,7 +158,7 @@ async def _start(
     _remove_stale(socket_path)
     old = os.umask(0o177)  # the socket is born 0600: only root talks to the agent
     try:
-        await GuardedUnixSite(runner, socket_path, guard, backlog=SOCKET_BACKLOG).start()
+        await web.UnixSite(runner, str(socket_path), backlog=SOCKET_BACKLOG).start()
     finally:
         os.umask(old)
     for address, routes in (
