@@ -173,9 +173,10 @@ def goals(r: dict[str, Any]) -> list[Goal]:
                 f"{many['pairs_s']} pairs/s",
                 at["pairs_s"] >= 0.98 * 2000 and at["p99_ms"] <= 5,
                 f"agent CPU {at['agent_cpu_ms_per_pair']} ms per pair (the client's "
-                f"{at['client_cpu_ms_per_pair']} ms): one event loop at "
-                f"{round(at['agent_cpu_ms_per_pair'] * 2000 / 10)}% of a vCPU, on 2 vCPUs at "
-                f"load average {load}; " + disk_note,
+                f"{at['client_cpu_ms_per_pair']} ms), {at['loop_cpu_ms_per_pair']} ms of it on "
+                f"the event loop: {round(at['loop_cpu_ms_per_pair'] * 2000 / 10)}% of a vCPU "
+                f"at 2,000 pairs/s, on 2 vCPUs at load average {load}; the journal's appends and "
+                "fsyncs run on their own thread, a request pays a queue put; " + disk_note,
             ))  # fmt: skip
         empty, full = load_run["client_1_leases_0"], load_run["client_1_leases_live"]
         out.append(Goal(
@@ -517,7 +518,8 @@ def _details(r: dict[str, Any]) -> list[str]:
             "when answered, so 32 requests are always in flight and each waits 32 / (requests "
             "per s) on average by Little's law; it measures capacity, not latency.",
             "",
-            "| run | pairs/s | p50 ms | p99 ms | max ms | agent CPU ms/pair | client CPU ms/pair |",
+            "| run | pairs/s | p50 ms | p99 ms | max ms | agent CPU ms/pair (event loop) | "
+            "client CPU ms/pair |",
             "|---|---|---|---|---|---|---|",
         ]
         runs = [
@@ -532,7 +534,8 @@ def _details(r: dict[str, Any]) -> list[str]:
         for label, x in runs:
             out.append(
                 f"| {label} | {x['pairs_s']} | {x['p50_ms']} | {x['p99_ms']} | {x['max_ms']} | "
-                f"{x['agent_cpu_ms_per_pair']} | {x['client_cpu_ms_per_pair']} |"
+                f"{x['agent_cpu_ms_per_pair']} ({x['loop_cpu_ms_per_pair']}) | "
+                f"{x['client_cpu_ms_per_pair']} |"
             )
         out += [
             "",
