@@ -27,6 +27,8 @@ CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # and refuses what is not a pod's network namespace (see datapath.netns).
 NETNS_MAX = 4095
 K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+# No '/', ':', '%' or whitespace (str.isspace's, as \s is for a str pattern).
+IFNAME_CHARS = re.compile(r"[^/:%\s]+")
 
 
 class CniError(Exception):
@@ -100,7 +102,7 @@ def parse_pod(doc: Mapping[str, Any], *, need_netns: bool) -> tuple[PodRequest, 
         len(ifname.encode()) > 15
         or ifname in (".", "..", "lo")
         or not ifname.isprintable()
-        or any(c in "/:%" or c.isspace() for c in ifname)
+        or not IFNAME_CHARS.fullmatch(ifname)
     ):
         raise CniError(
             4, "ifName must be 1-15 printable characters without '/', ':', '%' or spaces, not lo"
