@@ -1,6 +1,9 @@
 """The pool manager: asks the planner what to do and hands each decision to the executor.
 
-One decision in flight at a time. Rounds run on wake-ups (an ADD found the pool short, a DEL
+One round's decision in flight at a time, except for ADDs: when one waits while an action is in
+flight, the planner is asked at once, told what is in flight, and may start a growth beside it
+for the ADDs that action will not serve (a burst then waits for one EC2 call, not two in a row).
+Rounds run on wake-ups (an ADD found the pool short, a DEL
 freed an address) and on a jittered period; after an EC2 failure they wait out the executor's
 pause, wake-ups included. A wake-up with an ADD waiting starts a round at once; the others (the
 pool changed under an ADD or a DEL) are gathered for COALESCE seconds into one round, so a node
@@ -18,7 +21,7 @@ from collections.abc import Callable
 from agent.counters import Counters
 from agent.executor import Ec2Executor
 from agent.ipam.backoff import PrefixBackoff
-from agent.ipam.planner import Decision, Limits, PoolMemory, plan
+from agent.ipam.planner import Action, Decision, Limits, PoolMemory, plan
 from agent.ipam.state import NodeState
 from agent.resync import Resync
 from agent.settings import Settings
@@ -61,6 +64,8 @@ class PoolManager:
         # from PoolMemory.at_start, which gives nothing back until a surplus has lasted.
         self.memory: PoolMemory | None = None
         self.changed = asyncio.Condition()  # notified after every executed action
+        self.in_flight: list[Action] = []  # started, not yet answered (the planner is told)
+        self._beside: set[asyncio.Task[None]] = set()  # growths started beside a round's
         self._wake = asyncio.Event()
         self._soon: asyncio.TimerHandle | None = None  # a gathered wake-up, due
         self._closing = False
@@ -77,6 +82,10 @@ class PoolManager:
         self._closing = True
         if self._soon is not None:
             self._soon.cancel()
+        for task in list(self._beside):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -90,6 +99,8 @@ class PoolManager:
     def wake(self) -> None:
         """Ask for a round: now if an ADD waits for an address, else within COALESCE."""
         if self.waiting:
+            if self.in_flight and not self._closing and self.executor.pause() <= 0:
+                self._grow_beside()
             self._wake.set()
         elif self._soon is None and not self._wake.is_set():
             self._soon = asyncio.get_running_loop().call_later(COALESCE, self._wake_now)
@@ -98,8 +109,43 @@ class PoolManager:
         self._soon = None
         self._wake.set()
 
+    def _grow_beside(self) -> None:
+        """An ADD waits while an action is in flight: start what the planner decides beside it
+        (a growth for what that action will not serve, or nothing)."""
+        decision = self.decide()
+        self.last_decision = decision
+        self.memory = decision.memory
+        if decision.action is None:
+            return
+        self.in_flight.append(decision.action)  # before any await: the next wake-up counts it
+        task = asyncio.create_task(self._beside_action(decision), name="pool-beside")
+        self._beside.add(task)
+        task.add_done_callback(self._beside.discard)
+
+    async def _beside_action(self, decision: Decision) -> None:
+        try:
+            await self._execute(decision)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # as a round's: the manager outlives any single failure
+            log.exception("pool action beside a round failed")
+            self.counters.error("pool_round")
+        self.wake()  # the round that follows it (the warm target), as after a round's action
+
+    async def _execute(self, decision: Decision) -> bool:
+        """Execute a decision already counted in `in_flight`; wake the ADDs waiting on it."""
+        assert decision.action is not None
+        try:
+            ok = await self.executor.execute(decision)
+        finally:
+            self.in_flight.remove(decision.action)
+        async with self.changed:
+            self.changed.notify_all()
+        return ok
+
     def decide(self) -> Decision:
-        """What the planner would do now (its memory is kept only by `run_rounds`)."""
+        """What the planner would do now, told what is in flight (its memory is kept only by
+        the manager's own rounds)."""
         now = self.clock()
         if self.memory is None:
             self.memory = PoolMemory.at_start(now, self.state.stats(now).total)
@@ -111,6 +157,7 @@ class PoolManager:
             now=now,
             pending=self.waiting,
             memory=self.memory,
+            in_flight=tuple(self.in_flight),
         )
 
     async def _run(self) -> None:
@@ -152,10 +199,9 @@ class PoolManager:
             self.memory = decision.memory
             if decision.action is None:
                 return done
-            ok = await self.executor.execute(decision)
+            self.in_flight.append(decision.action)
+            ok = await self._execute(decision)
             done += 1
-            async with self.changed:
-                self.changed.notify_all()
             if not ok:
                 return done
         return done

@@ -259,7 +259,7 @@ class SimNode:
         self.memory = PoolMemory()
         self.instance_id = ""
         self.joined = False
-        self.busy = False
+        self.in_flight: list[Action] = []  # started, not yet answered (the planner is told)
         self.round_at: float | None = None
         self.pause_until = 0.0
         self.pause = 0.0
@@ -370,10 +370,13 @@ class SimNode:
     # -- pool manager ---------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """A round now, unless one is due already or an action is in flight."""
+        """A round now, unless one is due already or an action is in flight and no ADD waits
+        (with one waiting, the planner may start a growth beside it, as the pool manager)."""
         now = self.sim.now
         when = max(now, self.pause_until)
-        if self.busy or (self.round_at is not None and self.round_at <= when):
+        if self.in_flight and not self.waiting:
+            return
+        if self.round_at is not None and self.round_at <= when:
             return
         self.round_at = when
         self.sim.at(when, self._round)
@@ -383,7 +386,7 @@ class SimNode:
         if self.round_at != sim.now:
             return  # superseded
         self.round_at = None
-        if self.busy or sim.now < self.pause_until:
+        if (self.in_flight and not self.waiting) or sim.now < self.pause_until:
             return
         decision = plan(
             self.state,
@@ -393,12 +396,13 @@ class SimNode:
             now=sim.now,
             pending=len(self.waiting) if self.additions else 0,
             memory=self.memory,
+            in_flight=tuple(self.in_flight),
         )
         self.memory = decision.memory
         if decision.action is None:
             return
-        self.busy = True
         action = decision.action
+        self.in_flight.append(action)
         if isinstance(action, ReleaseBlocks):
             for cidr in action.cidrs:  # out of the pool before EC2 is asked (as the executor)
                 self.state.remove_block(action.eni_id, cidr)
@@ -482,7 +486,7 @@ class SimNode:
 
     def _done(self, action: Action, *, error: str | None) -> None:
         sim = self.sim
-        self.busy = False
+        self.in_flight.remove(action)
         if error is None:
             self.pause = 0.0
             self._serve_waiting()

@@ -17,6 +17,11 @@ by their deficit plus the warm target (free now, not cooling, once they are serv
 one target's worth per round, and it never shrinks while any wait. With MINIMUM_IP_TARGET alone it
 stops at the minimum as ipamd does (users rely on that as a cap).
 
+While another action is in flight (`in_flight`, beyond the VPC CNI, whose pool loop runs one at a
+time), the only decision is such a growth for ADDs that what is free now and what the growths in
+flight will add cannot cover, on an ENI already attached: a burst that arrives while the call for
+the one before is in flight then waits for one AssignPrivateIpAddresses, not for two in a row.
+
 A surplus goes back at most once per SHRINK_INTERVAL (ipamd's decreaseIPPoolInterval, 30 s),
 and with VPCNI_SURPLUS_WINDOW (beyond the VPC CNI) only the part that lies above the most
 addresses the node was busy with (leased, cooling or waited for) over the last window or two,
@@ -199,12 +204,15 @@ def plan(
     now: float,
     pending: int = 0,
     memory: PoolMemory | None = None,
+    in_flight: tuple[Action, ...] = (),
 ) -> Decision:
     """Decide the next pool action. Pure: reads its arguments, changes nothing. `pending` is
     the number of ADDs waiting for an address; `memory` the previous decision's (None: a
     round with no past, as in tests of one state, which applies ipamd's rules whatever
-    `settings.surplus_window`); keep the returned `Decision.memory`."""
-    return _Round(state, settings, limits, backoff, now, pending, memory).decide()
+    `settings.surplus_window`); keep the returned `Decision.memory`. `in_flight`: the actions
+    started and not yet answered; with any, the decision is None or a growth for waiting ADDs
+    that may run beside them."""
+    return _Round(state, settings, limits, backoff, now, pending, memory, in_flight).decide()
 
 
 class _Round:
@@ -219,6 +227,7 @@ class _Round:
         now: float,
         pending: int = 0,
         memory: PoolMemory | None = None,
+        in_flight: tuple[Action, ...] = (),
     ) -> None:
         self.state = state
         self.settings = settings
@@ -226,6 +235,7 @@ class _Round:
         self.backoff = backoff
         self.now = now
         self.pending = pending
+        self.in_flight = in_flight
         self.prefixes = prefix_mode(settings, limits.instance)
         self.slots = limits.instance.slots_per_eni
         self._counts = counted_blocks(prefixes=self.prefixes, backoff=backoff)
@@ -267,6 +277,8 @@ class _Round:
         return replace(decision, memory=memory)
 
     def _decide(self) -> Decision:
+        if self.in_flight:
+            return self._beside()
         switched = self._mode_switch()
         if switched is not None:
             return switched
@@ -286,12 +298,49 @@ class _Round:
             )
         return decision
 
+    def _beside(self) -> Decision:
+        """With actions in flight: only a growth for the ADDs they will not serve, and only on
+        an ENI already attached (an ENI being attached or detached changes what the others
+        may take; a release in flight has its blocks out of the state already)."""
+        busy = ", ".join(type(a).__name__ for a in self.in_flight)
+        if any(isinstance(a, CreateEni | DeleteEni) for a in self.in_flight):
+            return self._decision(None, f"{busy} in flight: no other action beside it")
+        if self.pending:
+            demand = self._demand()
+            if demand is not None:
+                if isinstance(demand.action, AssignPrefixes | AssignIps | None):
+                    return demand
+                return self._decision(None, f"{busy} in flight: {demand.reason}")
+        return self._decision(None, f"{busy} in flight: nothing waits beyond what it brings")
+
+    def _coming(self) -> int:
+        """Addresses the growths in flight will add."""
+        coming = 0
+        for action in self.in_flight:
+            if isinstance(action, AssignPrefixes):
+                coming += PREFIX_SIZE * action.count
+            elif isinstance(action, AssignIps):
+                coming += action.count
+            elif isinstance(action, CreateEni):
+                coming += PREFIX_SIZE * action.prefixes + action.ips
+        return coming
+
+    def _blocks_coming(self, eni: Eni) -> int:
+        """Blocks (slots) the growths in flight will take on `eni`."""
+        return sum(
+            a.count
+            for a in self.in_flight
+            if isinstance(a, AssignPrefixes | AssignIps) and a.eni_id == eni.id
+        )
+
     def _demand(self) -> Decision | None:
         """Grow by what the waiting ADDs lack, all at once (beyond the VPC CNI): enough for
-        them and for the warm target free once they are served, in one call."""
+        them and for the warm target free once they are served, in one call. Growths in
+        flight count as served."""
         s = self.stats
         free_now = s.total - s.assigned - s.cooling
-        deficit = self.pending - free_now
+        coming = self._coming()
+        deficit = self.pending - free_now - coming
         if deficit <= 0:
             return None
         if self.settings.warm_ip_targets_defined and not self.settings.warm_ip_target:
@@ -304,7 +353,8 @@ class _Round:
         return self._grow(
             prefixes=math.ceil(need / PREFIX_SIZE),
             ips=ips,
-            why=f"{self.pending} ADDs waiting, {free_now} addresses free now",
+            why=f"{self.pending} ADDs waiting, {free_now} addresses free now"
+            + (f", {coming} coming" if coming else ""),
             short=need,
             beyond_cooling=True,
         )
@@ -535,7 +585,7 @@ class _Round:
         (30 s of cooldown at a few pods a second) they alone would hold the node below its max
         pods.
         """
-        room_left = self.limits.max_pods - self.stats.total
+        room_left = self.limits.max_pods - self.stats.total - self._coming()
         # With the surplus window the warm target counts addresses free now: its growth too
         # may hold the cooling ones beyond max pods.
         if beyond_cooling or self.window > 0:
@@ -575,7 +625,7 @@ class _Round:
         else:
             count = min(ips, room_left)
         if eni is not None:
-            room = self.slots - len(eni.blocks)
+            room = self.slots - len(eni.blocks) - self._blocks_coming(eni)
             count = min(count, room)
             action: Action = (
                 AssignPrefixes(eni_id=eni.id, subnet_id=eni.subnet_id, count=count)
@@ -614,7 +664,7 @@ class _Round:
     def _eni_with_room(self) -> Eni | None:
         """Lowest device number first: fill existing ENIs before attaching another."""
         for eni in sorted(self.state.pod_enis(), key=lambda e: e.device_number):
-            if len(eni.blocks) < self.slots:
+            if len(eni.blocks) + self._blocks_coming(eni) < self.slots:
                 return eni
         return None
 
