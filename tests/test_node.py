@@ -200,6 +200,29 @@ async def test_add_while_the_pool_is_empty_waits_for_the_pool_manager(
     assert n.counters.add_wait_ms.count == 1
 
 
+async def test_a_burst_during_a_growth_gets_a_growth_beside_it(tmp_path: Path, make: Make) -> None:
+    # A burst arriving while the call for the one before is in flight used to wait for that
+    # call and then for its own: up to twice EC2's latency (bench/fleet_sim.py's waits > 1 s).
+    w = fakes.world()
+    clock = fakes.Clock()
+    ec2 = fakes.ModelEc2(w.model, clock)
+    ec2.gate.clear()  # EC2 holds every assign until the test lets it go
+    n = make(w, fakes.settings(tmp_path, warm_prefix_target=0, add_wait_ms=10_000), ec2=ec2)
+    await n.start()
+    first = asyncio.create_task(n.add(req("c0")))
+    await fakes.until(lambda: ec2.waiting == 1, what="the assign for the first ADD")
+
+    burst = [asyncio.create_task(n.add(req(f"c{i}"))) for i in range(1, 21)]
+    # 20 more than the prefix in flight serves: a second assign starts while the first waits.
+    await fakes.until(lambda: ec2.waiting == 2, what="an assign beside the first")
+    ec2.gate.set()
+    leased = await asyncio.gather(first, *burst)
+
+    assert len({a.lease.ip for a in leased}) == 21
+    assert ec2.calls["assign_prefixes"] == 2
+    assert n.pool.in_flight == []
+
+
 async def test_add_times_out_with_code_11_when_ec2_cannot_grow(tmp_path: Path, make: Make) -> None:
     # Secondary-IP mode on one ENI: an m5.large ENI holds 9 secondary IPs, and MAX_ENI=1.
     w = fakes.world()

@@ -9,16 +9,21 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import event, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from agent.ipam.backoff import PrefixBackoff
 from agent.ipam.planner import (
     MIN_ENI_LIFETIME,
+    Action,
     AssignIps,
     AssignPrefixes,
     CreateEni,
     Decision,
     DeleteEni,
     Limits,
+    PoolMemory,
     PoolSettings,
     ReleaseBlocks,
     max_enis,
@@ -870,3 +875,139 @@ def test_waiting_adds_grow_past_max_pods_by_what_is_cooling() -> None:
     # hold as much room past max pods (3 + 16 warm wanted: 2 prefixes).
     waiting = plan(state, PREFIX_1, small, backoff=PrefixBackoff(), now=NOW + 1, pending=3)
     assert waiting.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=2)
+
+
+# -- growth beside an action in flight (beyond the VPC CNI) ------------------------------------
+
+
+def in_flight_plan(
+    state: NodeState,
+    settings: PoolSettings,
+    limits: Limits,
+    *,
+    pending: int,
+    in_flight: tuple[Action, ...],
+) -> Decision:
+    decision = plan(
+        state,
+        settings,
+        limits,
+        backoff=PrefixBackoff(),
+        now=NOW,
+        pending=pending,
+        in_flight=in_flight,
+    )
+    assert decision.reason.strip(), "every decision says why"
+    return decision
+
+
+def test_a_burst_during_a_growth_gets_a_growth_beside_it_for_what_that_one_lacks() -> None:
+    # The fleet simulation's waits over 1 s: 40 ADDs got a call for 4 prefixes, 30 more
+    # arrived while it was in flight and waited for it and then for their own call.
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, prefixes=1)
+    add_pods(state, 16, now=NOW)
+    first = in_flight_plan(state, PREFIX_1, M5, pending=40, in_flight=())
+    assert first.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=4)
+
+    beside = in_flight_plan(state, PREFIX_1, M5, pending=70, in_flight=(first.action,))
+    # 70 waiting, 64 coming: 6 short, plus the warm target free once they are served.
+    assert beside.action == AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=2)
+    assert "64 coming" in beside.reason
+
+
+def test_nothing_beside_a_growth_that_serves_every_waiting_add() -> None:
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, prefixes=1)
+    add_pods(state, 16, now=NOW)
+    growing = AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=4)
+    assert in_flight_plan(state, PREFIX_1, M5, pending=64, in_flight=(growing,)).action is None
+
+
+def test_nothing_but_growth_for_waiting_adds_runs_beside_an_action() -> None:
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, prefixes=4)  # 3 free prefixes above WARM_PREFIX_TARGET=1
+    assert isinstance(decide(state, PREFIX_1, M5).action, ReleaseBlocks)
+    growing = AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=1)
+    held = in_flight_plan(state, PREFIX_1, M5, pending=0, in_flight=(growing,))
+    assert held.action is None and "in flight" in held.reason
+
+    empty = fresh_node(FakeEc2())  # the pool is low, but a round's growth is in flight
+    assert in_flight_plan(empty, PREFIX_1, M5, pending=0, in_flight=(growing,)).action is None
+
+
+def test_no_eni_is_attached_or_grown_beside_an_eni_being_attached() -> None:
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, prefixes=1)
+    add_pods(state, 16, now=NOW)
+    attaching = CreateEni(subnet_id=PRIMARY_SUBNET, prefixes=1)
+    held = in_flight_plan(state, PREFIX_1, M5, pending=40, in_flight=(attaching,))
+    assert held.action is None and "CreateEni in flight" in held.reason
+
+
+def test_blocks_in_flight_take_their_eni_slots() -> None:
+    # An m5.large ENI has 9 slots: 8 prefixes held and 1 coming fill eni-0, and a second ENI
+    # is never attached beside a growth (the ENI set must not change under it).
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, prefixes=8)
+    add_pods(state, 128, now=NOW)
+    growing = AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=1)
+    alone = in_flight_plan(state, PREFIX_1, M5_UNCAPPED, pending=40, in_flight=())
+    assert isinstance(alone.action, AssignPrefixes) and alone.action.count == 1
+    held = in_flight_plan(state, PREFIX_1, M5_UNCAPPED, pending=40, in_flight=(growing,))
+    assert held.action is None and "every ENI is full" in held.reason
+
+
+@given(
+    held=st.integers(0, 9),
+    leased=st.integers(0, 144),
+    cooling=st.integers(0, 144),
+    pending=st.integers(0, 200),
+    coming=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+    warm_ip=st.booleans(),
+    max_pods_value=st.sampled_from([32, 110, 434]),
+)
+@hypothesis_settings(max_examples=200, deadline=None)
+def test_growth_beside_actions_in_flight_stays_within_the_eni_and_max_pods(
+    held: int,
+    leased: int,
+    cooling: int,
+    pending: int,
+    coming: list[int],
+    warm_ip: bool,
+    max_pods_value: int,
+) -> None:
+    pool = prefix_ip_targets(5, 25) if warm_ip else PREFIX_1
+    limits = limits_for("m5.large", prefix=True, max_pods_value=max_pods_value)
+    state = fresh_node(FakeEc2(), prefixes=held)
+    leases = add_pods(state, min(leased, 16 * held), now=NOW)
+    for lease in leases[: min(cooling, len(leases))]:
+        state.release(lease.key, now=NOW, cooldown=30.0)
+    in_flight: tuple[Action, ...] = tuple(
+        AssignPrefixes(eni_id="eni-0", subnet_id=PRIMARY_SUBNET, count=n) for n in coming
+    )
+
+    decision = plan(
+        state,
+        pool,
+        limits,
+        backoff=PrefixBackoff(),
+        now=NOW + 1,
+        pending=pending,
+        in_flight=in_flight,
+        memory=PoolMemory(),
+    )
+
+    action = decision.action
+    event("grew beside" if action is not None else "nothing beside")
+    if action is None:
+        return
+    # Beside an action: only a growth on the attached ENI, for ADDs nothing else serves ...
+    assert isinstance(action, AssignPrefixes) and action.eni_id == "eni-0"
+    s = decision.stats
+    free_now = s.total - s.assigned - s.cooling
+    assert pending > free_now + 16 * sum(coming)
+    # ... within the ENI's slots with what is coming, and within max pods beyond cooling.
+    assert held + sum(coming) + action.count <= limits.instance.slots_per_eni
+    room = limits.max_pods - s.total - 16 * sum(coming) + s.cooling
+    assert 0 < 16 * action.count < room + 16
