@@ -415,7 +415,9 @@ class SimNode:
         sim = self.sim
         # The client limiter (an addition): wait for a token of this node's bucket.
         if self.additions and not self.client.take(sim.now):
-            wait = (1 - self.client.tokens) / CLIENT_QPS
+            # At least a microsecond: a shortfall of a rounding error would otherwise add
+            # nothing to `now` and retry at the same instant forever.
+            wait = max((1 - self.client.tokens) / CLIENT_QPS, 1e-6)
             sim.at(sim.now + wait, self._call, action, step, attempt)
             return
         name = CALLS[type(action)][step]

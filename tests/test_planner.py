@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from agent.ipam.backoff import PrefixBackoff
 from agent.ipam.planner import (
+    MAX_IN_FLIGHT,
     MIN_ENI_LIFETIME,
     Action,
     AssignIps,
@@ -1002,7 +1003,8 @@ def test_growth_beside_actions_in_flight_stays_within_the_eni_and_max_pods(
     event("grew beside" if action is not None else "nothing beside")
     if action is None:
         return
-    # Beside an action: only a growth on the attached ENI, for ADDs nothing else serves ...
+    # Beside an action: only one growth, on the attached ENI, for ADDs nothing else serves ...
+    assert len(in_flight) < MAX_IN_FLIGHT
     assert isinstance(action, AssignPrefixes) and action.eni_id == "eni-0"
     s = decision.stats
     free_now = s.total - s.assigned - s.cooling

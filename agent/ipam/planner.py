@@ -19,8 +19,9 @@ stops at the minimum as ipamd does (users rely on that as a cap).
 
 While another action is in flight (`in_flight`, beyond the VPC CNI, whose pool loop runs one at a
 time), the only decision is such a growth for ADDs that what is free now and what the growths in
-flight will add cannot cover, on an ENI already attached: a burst that arrives while the call for
-the one before is in flight then waits for one AssignPrivateIpAddresses, not for two in a row.
+flight will add cannot cover, on an ENI already attached, and at most one beside a round's
+(MAX_IN_FLIGHT): a burst that arrives while the call for the one before is in flight then waits
+for one AssignPrivateIpAddresses, not for two in a row.
 
 A surplus goes back at most once per SHRINK_INTERVAL (ipamd's decreaseIPPoolInterval, 30 s),
 and with VPCNI_SURPLUS_WINDOW (beyond the VPC CNI) only the part that lies above the most
@@ -51,6 +52,9 @@ from agent.ipam.state import Eni, NodeState, PoolStats
 MIN_ENI_LIFETIME = 60.0
 # ipamd's decreaseIPPoolInterval: a surplus goes back at most this often.
 SHRINK_INTERVAL = 30.0
+# Actions in flight at once: a round's and one growth beside it for the ADDs it will not serve.
+# More would pile calls (and their retries) onto an account that may be throttling them.
+MAX_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -305,6 +309,8 @@ class _Round:
         busy = ", ".join(type(a).__name__ for a in self.in_flight)
         if any(isinstance(a, CreateEni | DeleteEni) for a in self.in_flight):
             return self._decision(None, f"{busy} in flight: no other action beside it")
+        if len(self.in_flight) >= MAX_IN_FLIGHT:
+            return self._decision(None, f"{busy} in flight: no more beside them")
         if self.pending:
             demand = self._demand()
             if demand is not None:
