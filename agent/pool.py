@@ -1,13 +1,13 @@
 """The pool manager: asks the planner what to do and hands each decision to the executor.
 
-One round's decision in flight at a time, except for ADDs: when one waits while an action is in
+One round's decision in flight at a time, except for ADDs: when one waits while a growth is in
 flight, the planner is asked at once, told what is in flight, and may start a growth beside it
-for the ADDs that action will not serve (a burst then waits for one EC2 call, not two in a row).
-Rounds run on wake-ups (an ADD found the pool short, a DEL
-freed an address) and on a jittered period; after an EC2 failure they wait out the executor's
-pause, wake-ups included. A wake-up with an ADD waiting starts a round at once; the others (the
-pool changed under an ADD or a DEL) are gathered for COALESCE seconds into one round, so a node
-serving thousands of requests a second does not plan once per request.
+for the ADDs that one will not serve (a burst then waits for one EC2 call, not two in a row).
+Rounds run on wake-ups (an ADD found the pool short, a DEL freed an address) and on a jittered
+period; after an EC2 failure they wait out the executor's pause, wake-ups included. A wake-up
+with an ADD waiting starts a round at once; the others (the pool changed under an ADD or a DEL)
+are gathered for COALESCE seconds into one round, so a node serving thousands of requests a
+second does not plan once per request.
 """
 
 from __future__ import annotations

@@ -946,6 +946,17 @@ def test_no_eni_is_attached_or_grown_beside_an_eni_being_attached() -> None:
     assert held.action is None and "CreateEni in flight" in held.reason
 
 
+def test_no_growth_beside_a_release_in_flight() -> None:
+    # A release has its blocks out of the state while EC2 answers; a growth beside it that
+    # failed would resync and read those blocks back from EC2 before the release took them.
+    ec2 = FakeEc2()
+    state = fresh_node(ec2, prefixes=1)
+    add_pods(state, 16, now=NOW)
+    releasing = ReleaseBlocks(eni_id="eni-0", cidrs=(ec2.take_prefix(),))
+    held = in_flight_plan(state, PREFIX_1, M5, pending=40, in_flight=(releasing,))
+    assert held.action is None and "ReleaseBlocks in flight" in held.reason
+
+
 def test_blocks_in_flight_take_their_eni_slots() -> None:
     # An m5.large ENI has 9 slots: 8 prefixes held and 1 coming fill eni-0, and a second ENI
     # is never attached beside a growth (the ENI set must not change under it).
