@@ -349,7 +349,8 @@ class Node:
             for block in eni.blocks.values():
                 if block.lowest_free(now) is not None:
                     return True, "free addresses in the pool"
-        decision = self.decide()
+        # A round's view: a growth in flight for an exhausted subnet must not hide that.
+        decision = self.pool.decide(in_flight=False)
         if isinstance(decision.action, GROWING):
             subnet = self.executor.subnet_of(decision.action)
             why = self.executor.exhausted_why.get(subnet)

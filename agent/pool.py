@@ -113,10 +113,10 @@ class PoolManager:
         """An ADD waits while an action is in flight: start what the planner decides beside it
         (a growth for what that action will not serve, or nothing)."""
         decision = self.decide()
-        self.last_decision = decision
         self.memory = decision.memory
         if decision.action is None:
-            return
+            return  # the round's decision stays the one ADDs and STATUS report
+        self.last_decision = decision
         self.in_flight.append(decision.action)  # before any await: the next wake-up counts it
         task = asyncio.create_task(self._beside_action(decision), name="pool-beside")
         self._beside.add(task)
@@ -143,9 +143,9 @@ class PoolManager:
             self.changed.notify_all()
         return ok
 
-    def decide(self) -> Decision:
-        """What the planner would do now, told what is in flight (its memory is kept only by
-        the manager's own rounds)."""
+    def decide(self, *, in_flight: bool = True) -> Decision:
+        """What the planner would do now, told what is in flight unless `in_flight` is False
+        (a round's own view, as STATUS asks it); its memory is kept only by the manager."""
         now = self.clock()
         if self.memory is None:
             self.memory = PoolMemory.at_start(now, self.state.stats(now).total)
@@ -157,7 +157,7 @@ class PoolManager:
             now=now,
             pending=self.waiting,
             memory=self.memory,
-            in_flight=tuple(self.in_flight),
+            in_flight=tuple(self.in_flight) if in_flight else (),
         )
 
     async def _run(self) -> None:
