@@ -9,7 +9,8 @@ An ADD leases from `NodeState`, else (vpcni) waits up to VPCNI_ADD_WAIT_MS for t
 the planner sizes growth by the waiting ADDs, or (the VPC CNI's way) fails with code 11 and the
 runtime retries after 1 s, doubling. The pool manager runs `plan()` when an ADD wakes it, after
 each action and every 5 s; each action becomes the EC2 calls the adapter makes (CreateEni:
-create, attach, modify), each call takes a token from the account's mutating bucket (EC2's
+create, attach, modify; an ENI whose attach stays throttled is kept, and the next CreateEni
+starts at its attach, as the adapter does), each call takes a token from the account's mutating bucket (EC2's
 default: 200, refilled 5/s) and, with vpcni's additions, first from the node's client limiter
 (5/s, burst 10); a throttled call is retried with jittered exponential back-off (5 attempts)
 and a failed action pauses the node's pool manager (1 s doubling, capped at 30 s), except
@@ -267,6 +268,9 @@ class SimNode:
         self.live = 0
         self.client = TokenBucket(BucketSpec(CLIENT_BURST, CLIENT_QPS))
         self._created: ModelEni | None = None  # CreateEni's ENI between create and attach
+        # ENIs whose attach was throttled past the retries, by subnet: the adapter keeps them
+        # for the next CreateEni, which starts at the attach.
+        self._unattached: dict[str, list[ModelEni]] = {}
         self.pods = 0
         sim.at(join, self.join)
 
@@ -408,6 +412,11 @@ class SimNode:
                 self.state.remove_block(action.eni_id, cidr)
         elif isinstance(action, DeleteEni):
             self.state.remove_eni(action.eni_id)
+        kept = self._unattached.get(action.subnet_id) if isinstance(action, CreateEni) else None
+        if kept:
+            self._created = kept.pop()
+            self._call(action, 1, 0)
+            return
         self._call(action, 0, 0)
 
     def _call(self, action: Action, step: int, attempt: int) -> None:
@@ -423,6 +432,8 @@ class SimNode:
         name = CALLS[type(action)][step]
         if not sim.ec2_call(name):
             if attempt + 1 >= THROTTLE_ATTEMPTS:
+                if isinstance(action, CreateEni) and step > 0:
+                    self._keep_or_discard(action, step)
                 self._done(action, error="RequestLimitExceeded")
                 return
             delay = sim.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
@@ -485,6 +496,22 @@ class SimNode:
                 model.detach_eni(attachment_id=eni.attachment.id)
         elif isinstance(action, DeleteEni) and step == 1:
             model.delete_eni(action.eni_id)
+
+    def _keep_or_discard(self, action: CreateEni, step: int) -> None:
+        """As the adapter after a throttled attach (keep the ENI) or DeleteOnTermination (the
+        ENI is attached: detach and delete it, two calls, here sent once and not retried)."""
+        created, sim = self._created, self.sim
+        assert created is not None
+        if step == 1:
+            self._unattached.setdefault(action.subnet_id, []).append(created)
+            return
+        for name in CALLS[DeleteEni]:
+            sim.ec2_call(name)
+        self.state.remove_eni(created.id)
+        eni = sim.model.eni(created.id)
+        if eni.attachment is not None:
+            sim.model.detach_eni(attachment_id=eni.attachment.id)
+        sim.model.delete_eni(created.id)
 
     def _done(self, action: Action, *, error: str | None) -> None:
         sim = self.sim

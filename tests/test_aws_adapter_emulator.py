@@ -22,7 +22,14 @@ from agent.cloud.aws import (
 )
 from agent.cloud.emulator import BucketSpec, SimCloud, start_in_thread
 from agent.cloud.imds import ImdsClient
-from agent.cloud.port import EniSpec, InsufficientCidr, LimitExceeded, NotFound, Unavailable
+from agent.cloud.port import (
+    EniSpec,
+    InsufficientCidr,
+    LimitExceeded,
+    NotFound,
+    Throttled,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -232,6 +239,50 @@ async def test_failed_attach_deletes_the_new_eni(sim: Sim, make: Make) -> None:
         )
     assert available_enis(cloud) == []
     assert len(await adapter.describe_enis(cloud.instance_id)) == 1
+
+
+async def test_an_eni_whose_attach_was_throttled_is_attached_by_the_next_create(
+    sim: Sim, make: Make
+) -> None:
+    # Deleting it (the VPC CNI's way) and creating another costs two more mutating calls of an
+    # account that is throttling: bench/fleet_sim.py's fragmented fleet created ~100 ENIs for
+    # every one that got attached.
+    cloud = sim(faults="AttachNetworkInterface:throttle=1")
+    adapter = make(cloud, throttle_attempts=2)
+    spec = EniSpec(subnet_id=subnet_of(cloud), security_groups=(), ips=3)
+    with pytest.raises(Throttled):
+        await adapter.create_eni(cloud.instance_id, spec)
+    (kept,) = available_enis(cloud)
+
+    cloud.chaos.set_faults("")
+    eni = await adapter.create_eni(cloud.instance_id, spec)
+    assert eni.id == kept and len(eni.secondary_ips) == 3 and eni.device_number == 1
+    assert adapter.call_stats()["CreateNetworkInterface"]["calls"] == 1
+    assert available_enis(cloud) == []
+    # Attached now, and DeleteOnTermination set as for any new ENI.
+    described = raw_ec2(cloud).describe_network_interfaces(NetworkInterfaceIds=[kept])
+    assert described["NetworkInterfaces"][0]["Attachment"]["DeleteOnTermination"] is True
+
+
+async def test_a_kept_eni_serves_only_a_create_like_it_and_not_once_collected(
+    sim: Sim, make: Make
+) -> None:
+    cloud = sim(faults="AttachNetworkInterface:throttle=1")
+    adapter = make(cloud, throttle_attempts=1)
+    spec = EniSpec(subnet_id=subnet_of(cloud), security_groups=())
+    with pytest.raises(Throttled):
+        await adapter.create_eni(cloud.instance_id, spec)
+    (kept,) = available_enis(cloud)
+    cloud.chaos.set_faults("")
+
+    tagged = EniSpec(subnet_id=spec.subnet_id, security_groups=(), tags={"team": "a"})
+    other = await adapter.create_eni(cloud.instance_id, tagged)
+    assert other.id != kept and available_enis(cloud) == [kept]
+
+    raw_ec2(cloud).delete_network_interface(NetworkInterfaceId=kept)  # the leak cleanup's way
+    fresh = await adapter.create_eni(cloud.instance_id, spec)
+    assert fresh.id != kept and available_enis(cloud) == []
+    assert adapter.call_stats()["CreateNetworkInterface"]["calls"] == 3
 
 
 async def test_dropped_connection_is_unavailable(sim: Sim, make: Make) -> None:

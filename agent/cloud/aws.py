@@ -168,6 +168,14 @@ class TokenBucket:
         return delay
 
 
+# What an unattached ENI was created for: subnet, security groups, extra tags.
+_SpareKey = tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]]
+
+
+def _spare_key(spec: EniSpec) -> _SpareKey:
+    return spec.subnet_id, tuple(sorted(spec.security_groups)), tuple(sorted(spec.tags.items()))
+
+
 @dataclass(slots=True)
 class _ActionStats:
     calls: int = 0  # requests sent, each retry included
@@ -258,6 +266,10 @@ class Ec2Adapter:
         self._vpc_ids: dict[str, str] = {}  # subnet -> VPC
         # Two creates in flight would pick the same free device index.
         self._create_lock = asyncio.Lock()
+        # ENIs created whose attach EC2 throttled past the retries, by what they were made for:
+        # the next create for the same subnet, groups and tags attaches one of them instead of
+        # paying for another CreateNetworkInterface (and a delete) out of a throttled account.
+        self._unattached: dict[_SpareKey, list[NetworkInterfaceTypeDef]] = {}
 
     # -- the port ---------------------------------------------------------------------------
 
@@ -277,13 +289,25 @@ class Ec2Adapter:
 
     async def create_eni(self, instance_id: str, spec: EniSpec) -> EniView:
         """Create an ENI with our tags, attach it at the next free device index and set
-        DeleteOnTermination. An Ec2Error after the create deletes the new ENI again; after a
-        cancellation the ENI stays, tagged, for `cleanup_leaked_enis`. Creates are serialised."""
+        DeleteOnTermination. When EC2 throttles the attach past the retries the new ENI is
+        kept and the next create like it attaches it (beyond the VPC CNI, which deletes it);
+        any other Ec2Error after the create deletes it again; after a cancellation it stays,
+        tagged, for `cleanup_leaked_enis`. Creates are serialised."""
         async with self._create_lock:
+            key = _spare_key(spec)
+            spares = self._unattached.get(key, [])
+            while spares:
+                eni = spares.pop()
+                try:
+                    return await self._attach_new(instance_id, spec, eni, self._clock())
+                except NotFound:
+                    continue  # collected as leaked meanwhile: another one, or a new one
+                finally:
+                    if not spares:
+                        self._unattached.pop(key, None)
             return await self._create_eni(instance_id, spec)
 
     async def _create_eni(self, instance_id: str, spec: EniSpec) -> EniView:
-        device_index = await self._free_device_index(instance_id)
         now = self._clock()
         request: CreateNetworkInterfaceRequestTypeDef = {
             "SubnetId": spec.subnet_id,
@@ -321,8 +345,16 @@ class Ec2Adapter:
                 subnet_id=spec.subnet_id,
             )
         eni = created["NetworkInterface"]
+        self._eni_subnets[eni["NetworkInterfaceId"]] = spec.subnet_id
+        return await self._attach_new(instance_id, spec, eni, now)
+
+    async def _attach_new(
+        self, instance_id: str, spec: EniSpec, eni: NetworkInterfaceTypeDef, now: float
+    ) -> EniView:
+        """Attach an ENI this node created and set DeleteOnTermination (see `create_eni`)."""
         eni_id = eni["NetworkInterfaceId"]
-        self._eni_subnets[eni_id] = spec.subnet_id
+        device_index = await self._free_device_index(instance_id)
+        attachment_id: str | None = None
         try:
             attached = await self._call(
                 "AttachNetworkInterface",
@@ -338,6 +370,17 @@ class Ec2Adapter:
                     Attachment={"AttachmentId": attachment_id, "DeleteOnTermination": True},
                 ),
             )
+        except Throttled:
+            if attachment_id is None:  # still unattached: whole, for the next create
+                log.info("attach of %s throttled: kept for the next ENI", eni_id)
+                self._unattached.setdefault(_spare_key(spec), []).append(eni)
+            else:
+                await self._discard(eni_id)
+            raise
+        except NotFound:
+            if attachment_id is not None:
+                await self._discard(eni_id)
+            raise
         except Ec2Error:
             await self._discard(eni_id)
             raise
