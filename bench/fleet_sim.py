@@ -9,8 +9,9 @@ An ADD leases from `NodeState`, else (vpcni) waits up to VPCNI_ADD_WAIT_MS for t
 the planner sizes growth by the waiting ADDs, or (the VPC CNI's way) fails with code 11 and the
 runtime retries after 1 s, doubling. The pool manager runs `plan()` when an ADD wakes it, after
 each action and every 5 s; each action becomes the EC2 calls the adapter makes (CreateEni:
-create, attach, modify; an ENI whose attach stays throttled is kept, and the next CreateEni
-starts at its attach, as the adapter does), each call takes a token from the account's mutating bucket (EC2's
+create, attach, modify; as the adapter, an ENI whose attach stays throttled is kept and the
+next CreateEni starts at its attach, and a throttled DeleteOnTermination is retried apart while
+the ENI serves), each call takes a token from the account's mutating bucket (EC2's
 default: 200, refilled 5/s) and, with vpcni's additions, first from the node's client limiter
 (5/s, burst 10); a throttled call is retried with jittered exponential back-off (5 attempts)
 and a failed action pauses the node's pool manager (1 s doubling, capped at 30 s), except
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network
 from typing import Any
 
+from agent.cloud.aws import PROTECT_RETRY_CAP
 from agent.cloud.emulator.chaos import DEFAULT_BUCKETS, LATENCY, BucketSpec, TokenBucket
 from agent.cloud.emulator.model import ApiError, Ec2Model
 from agent.cloud.emulator.model import Eni as ModelEni
@@ -153,7 +155,9 @@ class Stats:
     pod_starts: int = 0
     unscheduled: int = 0
     code11_pods: int = 0
+    late_code11_pods: int = 0  # first failed in the run's last quarter: after the ramp?
     code11_replies: int = 0
+    enis_at_end: int = 0
     waits: list[float] = field(default_factory=list)
     steady_waits: list[float] = field(default_factory=list)
     steady_starts: int = 0
@@ -199,6 +203,7 @@ class Sim:
                 break
             self.now = when
             fn(*args)
+        self.stats.enis_at_end = sum(len(n.state.enis) for n in self.nodes if n.joined)
         return self.stats
 
     def _sample(self) -> None:
@@ -360,6 +365,8 @@ class SimNode:
             by_type[self.instance.name] = by_type.get(self.instance.name, 0) + 1
             if pod.steady:
                 stats.steady_code11_pods += 1
+            if self.sim.now >= 0.75 * self.sim.end:
+                stats.late_code11_pods += 1
         self.sim.at(self.sim.now + pod.retry_delay, self.add, pod)
         pod.retry_delay = min(pod.retry_delay * 2, 8.0)
 
@@ -432,8 +439,15 @@ class SimNode:
         name = CALLS[type(action)][step]
         if not sim.ec2_call(name):
             if attempt + 1 >= THROTTLE_ATTEMPTS:
-                if isinstance(action, CreateEni) and step > 0:
-                    self._keep_or_discard(action, step)
+                if isinstance(action, CreateEni) and step == 2:
+                    # As the adapter: the ENI is in use; DeleteOnTermination is retried apart.
+                    self._protect(BACKOFF_BASE)
+                    self._done(action, error=None)
+                    return
+                if isinstance(action, CreateEni) and step == 1:
+                    # As the adapter: the unattached ENI is kept for the next CreateEni.
+                    assert self._created is not None
+                    self._unattached.setdefault(action.subnet_id, []).append(self._created)
                 self._done(action, error="RequestLimitExceeded")
                 return
             delay = sim.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
@@ -497,21 +511,12 @@ class SimNode:
         elif isinstance(action, DeleteEni) and step == 1:
             model.delete_eni(action.eni_id)
 
-    def _keep_or_discard(self, action: CreateEni, step: int) -> None:
-        """As the adapter after a throttled attach (keep the ENI) or DeleteOnTermination (the
-        ENI is attached: detach and delete it, two calls, here sent once and not retried)."""
-        created, sim = self._created, self.sim
-        assert created is not None
-        if step == 1:
-            self._unattached.setdefault(action.subnet_id, []).append(created)
-            return
-        for name in CALLS[DeleteEni]:
-            sim.ec2_call(name)
-        self.state.remove_eni(created.id)
-        eni = sim.model.eni(created.id)
-        if eni.attachment is not None:
-            sim.model.detach_eni(attachment_id=eni.attachment.id)
-        sim.model.delete_eni(created.id)
+    def _protect(self, delay: float) -> None:
+        """The adapter's background DeleteOnTermination: one call, retried until it passes."""
+        sim = self.sim
+        if not sim.ec2_call("ModifyNetworkInterfaceAttribute"):
+            delay = min(delay * 2, PROTECT_RETRY_CAP)
+            sim.at(sim.now + delay * sim.rng.uniform(0.5, 1.5), self._protect, delay)
 
     def _done(self, action: Action, *, error: str | None) -> None:
         sim = self.sim
@@ -602,6 +607,7 @@ def run_policy(policy: Policy, *, nodes: int, seconds: float, seed: int = 1) -> 
         "steady_wait_max_s": round(max(s.steady_waits, default=0.0), 3),
         "code11_pods": s.code11_pods,
         "steady_code11_pods": s.steady_code11_pods,
+        "late_code11_pods": s.late_code11_pods,
         "code11_by_type": s.code11_by_type,
         "steady_waits_over_1s": sum(s.steady_slow_by_type.values()),
         "steady_waits_over_1s_by_type": s.steady_slow_by_type,
@@ -611,6 +617,8 @@ def run_policy(policy: Policy, *, nodes: int, seconds: float, seed: int = 1) -> 
         "steady_throttled": s.steady_throttled,
         "idle_ips_per_node": round(statistics.fmean(s.idle_samples), 1) if s.idle_samples else 0,
         "enis_per_node": round(statistics.fmean(s.eni_samples), 2) if s.eni_samples else 0,
+        "enis_at_end": s.enis_at_end,
+        "warmup_s": warmup,
         "wall_s": round(time.perf_counter() - started, 1),
     }
 

@@ -355,7 +355,9 @@ def _fleet_goals(
         f"max {worst_wait} s, p99 {max(x['steady_wait_p99_s'] for x in prefix)} s",
         worst_wait <= 1.0,
         cause if worst_wait > 1.0 else "the pool holds its recent peak plus the warm target "
-        "free now: bursts find addresses",
+        "free now, so most bursts find addresses; one that does not waits for one "
+        "AssignPrivateIpAddresses (at most 1.0 s at EC2's latency), and one arriving while "
+        "that call is in flight gets its own growth beside it, not a second call in a row",
     ))  # fmt: skip
     if frag:
         f = frag[0]
@@ -365,17 +367,21 @@ def _fleet_goals(
         if f["throttled"] == 0:
             bucket = "not the bucket (0 throttled calls)"
         else:
+            # The ramp: every ENI beyond the primaries is at least 3 calls of the 5/s refill.
+            extra = f["enis_at_end"] - sim["nodes"]
             bucket = (
-                f"the account's bucket: {f['steady_mutating_per_s']} mutating calls/s at "
-                f"steady churn against its 5/s ({f['throttled']} throttled, each retry "
-                "counted); a CreateEni is 3 calls, and with the bucket empty actions fail "
-                "part-way and are retried, so few complete"
+                f"the account's bucket during the ramp: the fleet ends with {extra} ENIs beyond "
+                f"the primaries, at least 3 calls each, {3 * extra / 5 / 60:.0f} min of the "
+                f"account's 5/s refill against a {f['warmup_s'] / 60:.0f}-min warm-up "
+                f"({f['throttled']} throttled calls, each retry counted); "
+                f"{f['late_code11_pods']} pods first failed in the last quarter of the hour"
             )
             if secondary:
+                x = secondary[0]
                 bucket += (
-                    f" (secondary WARM_ENI_TARGET=1 collapses the same way: "
-                    f"{secondary[0]['steady_mutating_per_100_starts']} calls per 100 starts, "
-                    f"{secondary[0]['steady_code11_pods']} steady pods with code 11)"
+                    f" (secondary WARM_ENI_TARGET=1 ramps the same way: "
+                    f"{x['steady_code11_pods']} steady pods with code 11, "
+                    f"{x['late_code11_pods']} in the last quarter)"
                 )
         out.append(Goal(
             f"{sim['nodes']} nodes, fragmented subnets: no pod fails",
@@ -384,8 +390,9 @@ def _fleet_goals(
             f["code11_pods"] == 0,
             f"{bucket}. Every /28 holds another tenant's address, so secondary IPs stand in "
             "for prefixes: an m5.large holds 27 (3 ENIs x 9), a larger node grows by new ENIs "
-            "(create + attach + modify, 1.7-6 s at EC2's latency), and pods that got code 11 "
-            "retry and pile up",
+            "(create + attach + modify, 1.7-6 s at EC2's latency). Tried: an ENI whose attach "
+            "or DeleteOnTermination is throttled is kept and used, not deleted and created "
+            "again (see docs/architecture.md)",
         ))  # fmt: skip
     return out
 

@@ -285,6 +285,62 @@ async def test_a_kept_eni_serves_only_a_create_like_it_and_not_once_collected(
     assert adapter.call_stats()["CreateNetworkInterface"]["calls"] == 3
 
 
+def delete_on_termination(cloud: SimCloud, eni_id: str) -> bool:
+    described = raw_ec2(cloud).describe_network_interfaces(NetworkInterfaceIds=[eni_id])
+    return described["NetworkInterfaces"][0]["Attachment"]["DeleteOnTermination"]
+
+
+async def test_a_throttled_delete_on_termination_is_set_in_the_background(
+    sim: Sim, make: Make
+) -> None:
+    # The ENI is attached and has its addresses: detaching and deleting it (two more calls,
+    # the VPC CNI's way) would throw away two calls an empty bucket already paid for.
+    cloud = sim(faults="ModifyNetworkInterfaceAttribute:throttle=1")
+    adapter = make(cloud, throttle_attempts=1)
+    eni = await adapter.create_eni(
+        cloud.instance_id, EniSpec(subnet_id=subnet_of(cloud), security_groups=(), ips=2)
+    )
+    assert [v.id for v in await adapter.describe_enis(cloud.instance_id)][1:] == [eni.id]
+    assert not delete_on_termination(cloud, eni.id)
+
+    cloud.chaos.set_faults("")
+    deadline = time.monotonic() + 10
+    while not delete_on_termination(cloud, eni.id):
+        assert time.monotonic() < deadline, "DeleteOnTermination never set"
+        await asyncio.sleep(0.02)
+
+
+async def test_an_eni_of_ours_without_delete_on_termination_gets_it_at_describe(
+    sim: Sim, make: Make
+) -> None:
+    # What a restart leaves when the task above had not succeeded yet.
+    cloud = sim()
+    ec2 = raw_ec2(cloud)
+    created = ec2.create_network_interface(
+        SubnetId=subnet_of(cloud),
+        TagSpecifications=[
+            {
+                "ResourceType": "network-interface",
+                "Tags": [{"Key": INSTANCE_TAG, "Value": cloud.instance_id}],
+            }
+        ],
+    )
+    eni_id = created["NetworkInterface"]["NetworkInterfaceId"]
+    ec2.attach_network_interface(
+        NetworkInterfaceId=eni_id, InstanceId=cloud.instance_id, DeviceIndex=1
+    )
+    assert not delete_on_termination(cloud, eni_id)
+
+    adapter = make(cloud)
+    await adapter.describe_enis(cloud.instance_id)
+    deadline = time.monotonic() + 10
+    while not delete_on_termination(cloud, eni_id):
+        assert time.monotonic() < deadline, "DeleteOnTermination never set"
+        await asyncio.sleep(0.02)
+    # The primary ENI is not ours to change, whatever its flag.
+    assert adapter.call_stats()["ModifyNetworkInterfaceAttribute"]["calls"] == 1
+
+
 async def test_dropped_connection_is_unavailable(sim: Sim, make: Make) -> None:
     cloud = sim(faults="DescribeInstances:timeout=1,hold=0.05")
     adapter = make(cloud, max_attempts=1)

@@ -77,6 +77,8 @@ UNAVAILABLE_CODES = frozenset(
 
 # Upper bounds (seconds) of the latency buckets; the last bucket is +Inf. Spans a fast
 # describe (~10 ms) to a slow create+attach (~10 s), like Prometheus' defaults.
+# Longest pause between tries at DeleteOnTermination on an ENI already in use.
+PROTECT_RETRY_CAP = 60.0
 LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 RetryMode = Literal["standard", "adaptive"]
@@ -270,6 +272,9 @@ class Ec2Adapter:
         # the next create for the same subnet, groups and tags attaches one of them instead of
         # paying for another CreateNetworkInterface (and a delete) out of a throttled account.
         self._unattached: dict[_SpareKey, list[NetworkInterfaceTypeDef]] = {}
+        # Attached ENIs of ours still without DeleteOnTermination, each set by a task that
+        # retries until EC2 takes it (an ENI without it would outlive its node).
+        self._protecting: dict[str, asyncio.Task[None]] = {}
 
     # -- the port ---------------------------------------------------------------------------
 
@@ -283,16 +288,22 @@ class Ec2Adapter:
             )
             if eni.get("Attachment", {}).get("Status") in ("attaching", "attached")
         ]
+        for eni in enis:  # one attached before a restart, its DeleteOnTermination throttled
+            attachment = eni.get("Attachment", {})
+            if _owned(eni) and not attachment.get("DeleteOnTermination", True):
+                self._protect(eni["NetworkInterfaceId"], attachment["AttachmentId"])
         cidrs = await self._cidrs_of(eni["SubnetId"] for eni in enis)
         views = [self._view(eni, cidrs) for eni in enis]
         return sorted(views, key=lambda v: v.device_number)
 
     async def create_eni(self, instance_id: str, spec: EniSpec) -> EniView:
         """Create an ENI with our tags, attach it at the next free device index and set
-        DeleteOnTermination. When EC2 throttles the attach past the retries the new ENI is
-        kept and the next create like it attaches it (beyond the VPC CNI, which deletes it);
-        any other Ec2Error after the create deletes it again; after a cancellation it stays,
-        tagged, for `cleanup_leaked_enis`. Creates are serialised."""
+        DeleteOnTermination. Beyond the VPC CNI, which deletes the new ENI after any failure:
+        when EC2 throttles the attach past the retries the ENI is kept and the next create
+        like it attaches it; when it throttles DeleteOnTermination the ENI is returned, in
+        use, and a background task sets the flag. Any other Ec2Error after the create deletes
+        the ENI again; after a cancellation it stays, tagged, for `cleanup_leaked_enis`.
+        Creates are serialised."""
         async with self._create_lock:
             key = _spare_key(spec)
             spares = self._unattached.get(key, [])
@@ -363,20 +374,14 @@ class Ec2Adapter:
                 ),
             )
             attachment_id = attached["AttachmentId"]
-            await self._call(
-                "ModifyNetworkInterfaceAttribute",
-                lambda c: c.modify_network_interface_attribute(
-                    NetworkInterfaceId=eni_id,
-                    Attachment={"AttachmentId": attachment_id, "DeleteOnTermination": True},
-                ),
-            )
+            await self._delete_on_termination(eni_id, attachment_id)
         except Throttled:
             if attachment_id is None:  # still unattached: whole, for the next create
                 log.info("attach of %s throttled: kept for the next ENI", eni_id)
                 self._unattached.setdefault(_spare_key(spec), []).append(eni)
-            else:
-                await self._discard(eni_id)
-            raise
+                raise
+            log.info("DeleteOnTermination of %s throttled: set in the background", eni_id)
+            self._protect(eni_id, attachment_id)
         except NotFound:
             if attachment_id is not None:
                 await self._discard(eni_id)
@@ -610,7 +615,12 @@ class Ec2Adapter:
         }
 
     async def close(self) -> None:
-        """Wait for requests in flight, then release the threads and connections."""
+        """Wait for requests in flight, then release the threads and connections (an ENI
+        still without DeleteOnTermination gets it from the next start's describe)."""
+        for task in list(self._protecting.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await asyncio.to_thread(self._shutdown)
 
     # -- requests ---------------------------------------------------------------------------
@@ -824,6 +834,35 @@ class Ec2Adapter:
                 Resources=[eni_id], Tags=[{"Key": CREATED_AT_TAG, "Value": stamp}]
             ),
         )
+
+    async def _delete_on_termination(self, eni_id: str, attachment_id: str) -> None:
+        await self._call(
+            "ModifyNetworkInterfaceAttribute",
+            lambda c: c.modify_network_interface_attribute(
+                NetworkInterfaceId=eni_id,
+                Attachment={"AttachmentId": attachment_id, "DeleteOnTermination": True},
+            ),
+        )
+
+    def _protect(self, eni_id: str, attachment_id: str) -> None:
+        """Set DeleteOnTermination on an attached ENI of ours in the background (once)."""
+        if eni_id not in self._protecting:
+            task = asyncio.create_task(self._keep_protecting(eni_id, attachment_id))
+            self._protecting[eni_id] = task
+            task.add_done_callback(lambda _: self._protecting.pop(eni_id, None))
+
+    async def _keep_protecting(self, eni_id: str, attachment_id: str) -> None:
+        delay = self._backoff_base
+        while True:
+            try:
+                await self._delete_on_termination(eni_id, attachment_id)
+                return
+            except NotFound:
+                return  # detached or deleted meanwhile: nothing to protect
+            except Ec2Error as exc:
+                log.warning("DeleteOnTermination of %s failed, retrying: %s", eni_id, exc)
+            delay = min(delay * 2, PROTECT_RETRY_CAP)
+            await asyncio.sleep(delay * (0.5 + self._rng.random()))
 
     async def _discard(self, eni_id: str) -> None:
         """Delete an ENI we just created and could not set up; leak cleanup is the fallback."""
