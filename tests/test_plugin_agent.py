@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,16 +22,9 @@ from typing import Any
 import pytest
 
 from agent.cni import install
-from tests.agent_harness import built_plugin
+from tests.agent_harness import built_plugin, free_port
 
 POD_NETNS = "/var/run/netns/cni-{}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -83,7 +75,7 @@ def node() -> Iterator[Node]:
     argv = [
         *(sys.executable, "-m", "agent.main", "--cloud", "sim", "--datapath", "none"),
         *("--socket", sock, "--state-dir", str(work)),
-        *("--introspection", f"127.0.0.1:{_free_port()}", "--metrics", f"127.0.0.1:{_free_port()}"),
+        *("--introspection", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}"),
     ]
     env = {"PATH": os.environ["PATH"], "HOME": str(work)}
     with open(work / "agent.log", "wb") as agent_log:
