@@ -265,16 +265,19 @@ class Ec2Executor:
         )
 
     async def _release_blocks(self, action: ReleaseBlocks) -> None:
-        # Take the blocks out of the state before awaiting EC2 so no ADD leases from them. On
-        # failure they stay out: EC2 may have taken them anyway, and only the resync that
-        # follows may bring back those it still has.
-        for cidr in action.cidrs:
-            self.state.remove_block(action.eni_id, cidr)
-        await self.ec2.unassign(
-            action.eni_id,
-            ips=[c.network_address for c in action.cidrs if c.prefixlen == 32],
-            prefixes=[c for c in action.cidrs if c.prefixlen == 28],
-        )
+        # Take the blocks out of the state before awaiting EC2 so no ADD leases from them, and
+        # no resync meanwhile (a growth beside this failed) brings them back. On failure they
+        # stay out: EC2 may have taken them anyway, and only the resync that follows may bring
+        # back those it still has.
+        self.state.give_back(action.eni_id, action.cidrs)
+        try:
+            await self.ec2.unassign(
+                action.eni_id,
+                ips=[c.network_address for c in action.cidrs if c.prefixlen == 32],
+                prefixes=[c for c in action.cidrs if c.prefixlen == 28],
+            )
+        finally:
+            self.state.given_back(action.cidrs)
 
     async def _delete_eni(self, action: DeleteEni) -> None:
         eni = self.state.enis.get(action.eni_id)

@@ -1,6 +1,6 @@
 """The pool manager: asks the planner what to do and hands each decision to the executor.
 
-One round's decision in flight at a time, except for ADDs: when one waits while a growth is in
+One round's decision in flight at a time, except for ADDs: when one waits while an action is in
 flight, the planner is asked at once, told what is in flight, and may start a growth beside it
 for the ADDs that one will not serve (a burst then waits for one EC2 call, not two in a row).
 Rounds run on wake-ups (an ADD found the pool short, a DEL freed an address) and on a jittered

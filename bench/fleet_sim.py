@@ -414,9 +414,8 @@ class SimNode:
             return
         action = decision.action
         self.in_flight.append(action)
-        if isinstance(action, ReleaseBlocks):
-            for cidr in action.cidrs:  # out of the pool before EC2 is asked (as the executor)
-                self.state.remove_block(action.eni_id, cidr)
+        if isinstance(action, ReleaseBlocks):  # out of the pool before EC2 is asked
+            self.state.give_back(action.eni_id, action.cidrs)
         elif isinstance(action, DeleteEni):
             self.state.remove_eni(action.eni_id)
         kept = self._unattached.get(action.subnet_id) if isinstance(action, CreateEni) else None
@@ -521,6 +520,8 @@ class SimNode:
     def _done(self, action: Action, *, error: str | None) -> None:
         sim = self.sim
         self.in_flight.remove(action)
+        if isinstance(action, ReleaseBlocks):
+            self.state.given_back(action.cidrs)
         if error is None:
             self.pause = 0.0
             self._serve_waiting()

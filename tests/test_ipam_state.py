@@ -381,6 +381,20 @@ class TestReconcile:
         assert report.leases_dropped == ()
         assert state.lease(key(1)) == lease
 
+    def test_blocks_being_given_back_stay_out_of_a_reconcile_until_ec2_answers(self) -> None:
+        # A growth beside a release may fail and resync while EC2 still lists the blocks the
+        # release is giving up: leasing from them would hand out addresses EC2 then takes.
+        view = eni_view(prefixes=("10.0.1.16/28", "10.0.1.32/28"))
+        state = NodeState()
+        state.add_eni(view)
+        assert state.give_back("eni-0", [net("10.0.1.32/28")]) == ()
+        report = state.reconcile([view])
+        assert set(state.enis["eni-0"].blocks) == {net("10.0.1.16/28")}
+        assert report.blocks_added == 0
+        state.given_back([net("10.0.1.32/28")])  # EC2 failed it: the next resync may restore it
+        state.reconcile([view])
+        assert set(state.enis["eni-0"].blocks) == {net("10.0.1.16/28"), net("10.0.1.32/28")}
+
     def test_remove_eni_returns_its_leases(self) -> None:
         state = node({"prefixes": ("10.0.1.16/28",)})
         lease = alloc(state, 1)

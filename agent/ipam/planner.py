@@ -17,8 +17,8 @@ by their deficit plus the warm target (free now, not cooling, once they are serv
 one target's worth per round, and it never shrinks while any wait. With MINIMUM_IP_TARGET alone it
 stops at the minimum as ipamd does (users rely on that as a cap).
 
-While a growth is in flight (`in_flight`, beyond the VPC CNI, whose pool loop runs one action at
-a time), the only decision is such a growth for ADDs that what is free now and what the growths in
+While an action is in flight (`in_flight`, beyond the VPC CNI, whose pool loop runs one at a
+time), the only decision is such a growth for ADDs that what is free now and what the growths in
 flight will add cannot cover, on an ENI already attached, and at most one beside a round's
 (MAX_IN_FLIGHT): a burst that arrives while the call for the one before is in flight then waits
 for one AssignPrivateIpAddresses, not for two in a row.
@@ -303,13 +303,12 @@ class _Round:
         return decision
 
     def _beside(self) -> Decision:
-        """With actions in flight: only a growth for the ADDs they will not serve, only beside
-        growths, and only on an ENI already attached. An ENI being attached or detached changes
-        what the others may take; a release in flight has its blocks out of the state, and the
-        resync that follows a failed growth beside it would read them back from EC2 before
-        they are gone."""
+        """With actions in flight: only a growth for the ADDs they will not serve, and only on
+        an ENI already attached (an ENI being attached or detached changes what the others
+        may take; a release in flight has its blocks out of the state already, and
+        `NodeState.give_back` keeps them out of a resync's reconcile until EC2 answers)."""
         busy = ", ".join(type(a).__name__ for a in self.in_flight)
-        if not all(isinstance(a, AssignPrefixes | AssignIps) for a in self.in_flight):
+        if any(isinstance(a, CreateEni | DeleteEni) for a in self.in_flight):
             return self._decision(None, f"{busy} in flight: no other action beside it")
         if len(self.in_flight) >= MAX_IN_FLIGHT:
             return self._decision(None, f"{busy} in flight: no more beside them")

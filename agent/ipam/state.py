@@ -144,6 +144,9 @@ class NodeState:
         # Keys whose lease changed since the checkpoint last took them: what a journal
         # record must carry, so a durable commit costs O(change), not O(leases).
         self._changed: set[IPAMKey] = set()
+        # Blocks out of the pool while EC2 answers their release: a reconcile meanwhile (after
+        # a growth beside the release failed) must not bring them back from EC2's listing.
+        self._giving_back: set[IPv4Network] = set()
 
     # -- change tracking (for the checkpoint journal) ----------------------------------------
 
@@ -370,7 +373,8 @@ class NodeState:
             self.enis[view.id] = eni
         eni.unmanaged = view.unmanaged  # a tag may come or go while it is attached
         for cidr in _blocks_of(view):
-            eni.add_block(cidr)
+            if cidr not in self._giving_back:
+                eni.add_block(cidr)
         return eni
 
     def add_blocks(self, eni_id: str, cidrs: Iterable[IPv4Network]) -> None:
@@ -390,6 +394,19 @@ class NodeState:
             self._changed.add(lease.key)
         del eni.blocks[cidr]
         return dropped
+
+    def give_back(self, eni_id: str, cidrs: Iterable[IPv4Network]) -> tuple[Lease, ...]:
+        """Take blocks out of the pool before EC2 is asked to release them; until `given_back`
+        no reconcile brings them back. Returns the leases that were on them (normally none)."""
+        dropped: list[Lease] = []
+        for cidr in cidrs:
+            dropped.extend(self.remove_block(eni_id, cidr))
+            self._giving_back.add(cidr)
+        return tuple(dropped)
+
+    def given_back(self, cidrs: Iterable[IPv4Network]) -> None:
+        """EC2 answered the release of `cidrs`: a reconcile may again bring back any it kept."""
+        self._giving_back.difference_update(cidrs)
 
     def remove_eni(self, eni_id: str) -> tuple[Lease, ...]:
         eni = self.enis.get(eni_id)
@@ -417,7 +434,7 @@ class NodeState:
             if view.id not in self.enis:
                 added.append(view.id)
             before = set(self.enis[view.id].blocks) if view.id in self.enis else set()
-            wanted = set(_blocks_of(view))
+            wanted = set(_blocks_of(view)) - self._giving_back
             self.add_eni(view)
             for cidr in before - wanted:
                 dropped.extend(self.remove_block(view.id, cidr))
