@@ -175,15 +175,23 @@ async def test_add_is_idempotent_per_key(tmp_path: Path, make: Make) -> None:
     assert n.counters.add == 3
 
 
-async def test_add_while_the_pool_is_empty_waits_for_the_pool_manager(
+async def gated_node(
     tmp_path: Path, make: Make
-) -> None:
+) -> tuple[fakes.World, fakes.Clock, fakes.ModelEc2, Node]:
+    """A started node with an empty pool whose EC2 holds every assign until `ec2.gate` is set."""
     w = fakes.world()
     clock = fakes.Clock()
     ec2 = fakes.ModelEc2(w.model, clock)
-    ec2.gate.clear()  # EC2 holds every assign until the test lets it go
+    ec2.gate.clear()
     n = make(w, fakes.settings(tmp_path, warm_prefix_target=0, add_wait_ms=10_000), ec2=ec2)
     await n.start()
+    return w, clock, ec2, n
+
+
+async def test_add_while_the_pool_is_empty_waits_for_the_pool_manager(
+    tmp_path: Path, make: Make
+) -> None:
+    w, clock, ec2, n = await gated_node(tmp_path, make)
 
     adding = asyncio.create_task(n.add(req("c1")))
     await fakes.until(lambda: ec2.waiting == 1, what="the pool manager's assign call")
@@ -203,12 +211,7 @@ async def test_add_while_the_pool_is_empty_waits_for_the_pool_manager(
 async def test_a_burst_during_a_growth_gets_a_growth_beside_it(tmp_path: Path, make: Make) -> None:
     # A burst arriving while the call for the one before is in flight used to wait for that
     # call and then for its own: up to twice EC2's latency (bench/fleet_sim.py's waits > 1 s).
-    w = fakes.world()
-    clock = fakes.Clock()
-    ec2 = fakes.ModelEc2(w.model, clock)
-    ec2.gate.clear()  # EC2 holds every assign until the test lets it go
-    n = make(w, fakes.settings(tmp_path, warm_prefix_target=0, add_wait_ms=10_000), ec2=ec2)
-    await n.start()
+    _, _, ec2, n = await gated_node(tmp_path, make)
     first = asyncio.create_task(n.add(req("c0")))
     await fakes.until(lambda: ec2.waiting == 1, what="the assign for the first ADD")
 
