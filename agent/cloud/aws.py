@@ -75,10 +75,10 @@ UNAVAILABLE_CODES = frozenset(
     {"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "RequestTimeout"}
 )
 
-# Upper bounds (seconds) of the latency buckets; the last bucket is +Inf. Spans a fast
-# describe (~10 ms) to a slow create+attach (~10 s), like Prometheus' defaults.
 # Longest pause between tries at DeleteOnTermination on an ENI already in use.
 PROTECT_RETRY_CAP = 60.0
+# Upper bounds (seconds) of the latency buckets; the last bucket is +Inf. Spans a fast
+# describe (~10 ms) to a slow create+attach (~10 s), like Prometheus' defaults.
 LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 RetryMode = Literal["standard", "adaptive"]
