@@ -132,9 +132,10 @@ class Pods:
             raise NodeError(11, "address vanished during ADD, try again", status=503)
         pod = self.pod_network(req, lease, eni)
         # Wiring and the checkpoint write are independent and both must finish before the
-        # reply: run them side by side (a lease on disk for a pod not yet wired is harmless:
-        # the runtime retries ADD, which returns it, or DELs it).
-        commit = asyncio.ensure_future(self.store.commit())
+        # reply: the lease goes to the journal now and is synced while the pod is wired (a
+        # lease on disk for a pod not yet wired is harmless: the runtime retries ADD, which
+        # returns it, or DELs it).
+        durable = self.store.commit()
         wiring: WiredPod | BaseException
         try:
             wiring = await self.datapath.wire(pod)
@@ -142,7 +143,7 @@ class Pods:
             wiring = e
         committing: BaseException | None
         try:
-            await commit
+            await durable
             committing = None
         except BaseException as e:
             committing = e

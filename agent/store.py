@@ -31,10 +31,10 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.ipam import checkpoint
 from agent.ipam.state import IPAMKey, Lease
@@ -212,34 +212,38 @@ class CheckpointStore:
         commits queued meanwhile)."""
         return self._writer.syncs
 
-    async def commit(self) -> None:
-        """Return once the state as of this call is durable; StoreError if it is not."""
+    def commit(self) -> Coroutine[Any, Any, None]:
+        """Hand what has changed to the journal now; the awaitable is done once the state as of
+        this call is durable (StoreError if it cannot be). Nothing is durable before."""
         if self._fd is None or self._broken:
-            async with self._lock:
-                if self._fd is None or self._broken:
-                    try:
-                        await self._switch_journal()
-                    except OSError as e:
-                        self.failures += 1
-                        raise StoreError(f"checkpoint {self.path}: {e.strerror or e}") from e
-        # From here to the hand-off nothing awaits: lines reach the journal in the order their
-        # changes were taken, so a replay ends with each key's latest lease.
+            return self._commit_to_a_new_journal()
+        return self._wait_for(self._hand_over())
+
+    async def _commit_to_a_new_journal(self) -> None:
+        async with self._lock:
+            if self._fd is None or self._broken:
+                try:
+                    await self._switch_journal()
+                except OSError as e:
+                    self.failures += 1
+                    raise StoreError(f"checkpoint {self.path}: {e.strerror or e}") from e
+        await self._wait_for(self._hand_over())
+
+    def _hand_over(self) -> asyncio.Future[None] | None:
+        """Take what changed and queue its line (nothing awaits in between: lines reach the
+        journal in the order their changes were taken, so a replay ends with each key's latest
+        lease). Returns the line to wait for: ours, or with nothing left to take the last one
+        queued, which holds our change if it is not durable yet."""
         changes = self._source.take_changes()
         if not changes:
-            await self._wait_for(self._tail)  # the line holding our change, if still queued
-            return
+            return self._tail
         assert self._fd is not None
         record = checkpoint.encode_record(changes)
         done = self._writer.append(self._fd, record)
         done.add_done_callback(functools.partial(self._appended, self._fd, changes))
         self._tail = done
         self._journal_bytes += len(record)
-        await self._wait_for(done)
-        if (
-            self._journal_bytes > max(self.compact_bytes, self._snapshot_bytes)
-            and self._compaction is None
-        ):
-            self._compaction = asyncio.create_task(self._compact_in_background())
+        return done
 
     async def _wait_for(self, line: asyncio.Future[None] | None) -> None:
         """Until `line` is durable; StoreError if its append failed. Shielded: a cancelled
@@ -250,6 +254,11 @@ class CheckpointStore:
             await asyncio.shield(line)
         except OSError as e:
             raise StoreError(f"checkpoint {self.path}: {e.strerror or e}") from e
+        if (
+            self._journal_bytes > max(self.compact_bytes, self._snapshot_bytes)
+            and self._compaction is None
+        ):
+            self._compaction = asyncio.create_task(self._compact_in_background())
 
     def _appended(
         self, fd: int, changes: list[tuple[IPAMKey, Lease | None]], done: asyncio.Future[None]

@@ -107,6 +107,18 @@ def _wiring_part(run: Callable[..., Any], mode: str, pods: int) -> Callable[[], 
 # -- goals -------------------------------------------------------------------------------------
 
 
+def _stall_note(stalls: dict[str, Any] | None) -> str:
+    """What the vCPU spinners saw (bench.agent_load.vcpu_stalls), as a clause."""
+    if not stalls:
+        return ""
+    return (
+        f"; a thread that never sleeps lost its vCPU {stalls['stalls_per_s']} times a second "
+        f"({stalls['stalls_over_5ms_per_s']}/s for over 5 ms, up to {stalls['max_ms']} ms; "
+        f"{stalls['stalled_ms_per_s']} ms/s in all): a request arriving while the event loop's "
+        "vCPU is away waits for it and for the backlog behind it"
+    )
+
+
 def _ok(part: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(part, dict) and "skipped" not in part
 
@@ -176,7 +188,8 @@ def goals(r: dict[str, Any]) -> list[Goal]:
                 f"{at['client_cpu_ms_per_pair']} ms), {at['loop_cpu_ms_per_pair']} ms of it on "
                 f"the event loop: {round(at['loop_cpu_ms_per_pair'] * 2000 / 10)}% of a vCPU "
                 f"at 2,000 pairs/s, on 2 vCPUs at load average {load}; the journal's appends and "
-                "fsyncs run on their own thread, a request pays a queue put; " + disk_note,
+                "fsyncs run on their own thread, a request pays a queue put; " + disk_note
+                + _stall_note(load_run.get("vcpu_stalls")),
             ))  # fmt: skip
         empty, full = load_run["client_1_leases_0"], load_run["client_1_leases_live"]
         out.append(Goal(
@@ -525,6 +538,15 @@ def _details(r: dict[str, Any]) -> list[str]:
             "when answered, so 32 requests are always in flight and each waits 32 / (requests "
             "per s) on average by Little's law; it measures capacity, not latency.",
             "",
+            *(
+                [
+                    f"This machine, measured in the same run by a spinner on each vCPU: "
+                    f"{_stall_note(lo['vcpu_stalls'])[2:]}.",
+                    "",
+                ]
+                if lo.get("vcpu_stalls")
+                else []
+            ),
             "| run | pairs/s | p50 ms | p99 ms | max ms | agent CPU ms/pair (event loop) | "
             "client CPU ms/pair |",
             "|---|---|---|---|---|---|---|",
