@@ -440,7 +440,7 @@ class JournalWriter:
         future fails with the OSError (also when an earlier line to `fd` failed)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():  # a dead one: its queue goes on
             self._start()
         self._jobs.put((loop, done, fd, record))
         return done
@@ -479,24 +479,24 @@ class JournalWriter:
                 return
 
     def _write(self, batch: list[_Job], failed: set[int]) -> None:
-        outcomes: list[tuple[asyncio.Future[None], OSError | None]] = []
-        loop: asyncio.AbstractEventLoop | None = None
+        outcomes: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
         start = 0
-        for end, (job_loop, _, fd, _) in enumerate(batch, 1):
-            if job_loop is None:  # a close: what was queued for the fd is written by now
+        for end, (loop, _, fd, _) in enumerate(batch, 1):
+            if loop is None:  # a close: what was queued for the fd is written by now
                 failed.discard(fd)
                 with contextlib.suppress(OSError):
                     os.close(fd)
                 start = end
             elif end == len(batch) or batch[end][2] != fd or batch[end][0] is None:
-                loop = job_loop
                 run = batch[start:end]
                 error = self._sync(fd, run, failed)
-                outcomes.extend((done, error) for _, done, _, _ in run if done is not None)
+                for job_loop, done, _, _ in run:
+                    if job_loop is not None and done is not None:
+                        outcomes.setdefault(job_loop, []).append((done, error))
                 start = end
-        if loop is not None:
+        for loop, settled in outcomes.items():
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                loop.call_soon_threadsafe(_settle, outcomes)
+                loop.call_soon_threadsafe(_settle, settled)
 
     def _sync(self, fd: int, run: list[_Job], failed: set[int]) -> OSError | None:
         if fd in failed:
@@ -512,9 +512,10 @@ class JournalWriter:
 
 # (loop, future, fd, line) to append; (None, None, fd, b"") to close fd.
 _Job = tuple[asyncio.AbstractEventLoop | None, "asyncio.Future[None] | None", int, bytes]
+_Outcome = tuple["asyncio.Future[None]", OSError | None]
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[None], OSError | None]]) -> None:
+def _settle(outcomes: list[_Outcome]) -> None:
     for done, error in outcomes:
         if done.cancelled():
             continue
